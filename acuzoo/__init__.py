@@ -1,0 +1,26 @@
+"""acuzoo: the Active Convolution Unit (ACU) and a timm/Lightning model zoo built on it.
+
+``import acuzoo`` registers every model with timm; nothing else heavy happens at import.
+"""
+
+from .nn import (
+    ActiveConv2d,
+    convert_to_acu,
+    fuse_acu,
+    is_depthwise_conv,
+    normalize_position_grad_,
+    position_parameters,
+)
+from .ops import active_conv2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActiveConv2d",
+    "active_conv2d",
+    "convert_to_acu",
+    "fuse_acu",
+    "is_depthwise_conv",
+    "normalize_position_grad_",
+    "position_parameters",
+]

@@ -1,0 +1,197 @@
+"""``ActiveConv2d``: a convolution whose synapses have learnable real-valued positions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..ops import active_conv2d, extrapolated_kernel
+from ..ops.geometry import kernel_radius
+from ..ops.validation import pair
+
+
+def grid_positions(kernel_size: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """The (K, 2) row-major (row, column) offsets of a k x k conv, centred on the origin."""
+    kh, kw = kernel_size
+    rows = (torch.arange(kh) - kh // 2) * dilation[0]
+    cols = (torch.arange(kw) - kw // 2) * dilation[1]
+    grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)
+    return grid.reshape(-1, 2).float()
+
+
+def conv2d_refusal(conv: nn.Conv2d) -> str | None:
+    """Why ``conv`` is not an ACU on its grid (Lemma 1 needs odd kernels, 'same' zero padding)."""
+    kh, kw = conv.kernel_size
+    if kh % 2 == 0 or kw % 2 == 0:
+        return f"kernel_size {conv.kernel_size} is even; an ACU needs an odd kernel with a centre"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode '{conv.padding_mode}' is not zero padding"
+    if type(conv) is not nn.Conv2d and type(conv).forward is not nn.Conv2d.forward:
+        return f"{type(conv).__name__} overrides forward (e.g. dynamic 'same' padding)"
+    same = (conv.dilation[0] * (kh // 2), conv.dilation[1] * (kw // 2))
+    padding = conv.padding
+    if padding == "same" and conv.stride == (1, 1):
+        return None
+    if isinstance(padding, str) or tuple(padding) != same:
+        return f"padding {padding!r} is not 'same' padding {same} for this kernel and dilation"
+    return None
+
+
+class ActiveConv2d(nn.Module):
+    """Active convolution unit (ACU), grouped and depthwise included.
+
+    Args:
+        in_channels, out_channels, stride, groups, bias, dilation: as in ``nn.Conv2d``.
+        kernel_size: odd int or pair; the initial shape is this grid (dilated), K = kh * kw.
+        position_groups: P, the number of position sets; default ``groups`` (grouped and
+            depthwise ACU). P = 1 shares one shape across the layer, as the original ACU.
+
+    The centre synapse stays at the origin; ``positions`` holds the other K - 1 of every set,
+    shape (P, K - 1, 2), as (row, column) displacements. At init the layer computes exactly
+    ``nn.Conv2d(kernel_size, padding=dilation * (k // 2))`` with the same weight.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        groups: int = 1,
+        position_groups: int | None = None,
+        bias: bool = False,
+        dilation: int | tuple[int, int] = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kernel_size = pair(kernel_size, "kernel_size")
+        if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (the grid needs a centre), got {kernel_size}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
+            )
+        position_groups = groups if position_groups is None else position_groups
+        if not isinstance(position_groups, int) or position_groups < 1 or out_channels % position_groups:
+            raise ValueError(
+                f"position_groups ({position_groups}) must be an int >= 1 dividing out_channels ({out_channels})"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        self.groups = groups
+        self.position_groups = position_groups
+        factory = {"device": device, "dtype": dtype}
+        k = kernel_size[0] * kernel_size[1]
+        self.num_synapses = k
+        self.origin_index = k // 2
+        grid = grid_positions(kernel_size, self.dilation)
+        movable = torch.cat([grid[: self.origin_index], grid[self.origin_index + 1 :]])
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, k, **factory))
+        self.positions = nn.Parameter(
+            movable.to(**factory).expand(position_groups, k - 1, 2).clone()
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weight and bias as ``nn.Conv2d`` initialises them; positions are left as they are."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def reset_positions(self) -> None:
+        """Back to the initial (dilated) grid."""
+        grid = grid_positions(self.kernel_size, self.dilation)
+        movable = torch.cat([grid[: self.origin_index], grid[self.origin_index + 1 :]])
+        with torch.no_grad():
+            self.positions.copy_(movable.expand_as(self.positions))
+
+    def full_positions(self) -> torch.Tensor:
+        """(P, K, 2) positions with the fixed origin synapse inserted at its index."""
+        origin = self.positions.new_zeros(self.position_groups, 1, 2)
+        i = self.origin_index
+        return torch.cat([self.positions[:, :i], origin, self.positions[:, i:]], 1)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return active_conv2d(
+            input, self.weight, self.full_positions(), self.bias, self.stride, self.groups
+        )
+
+    def spread(self) -> float:
+        """Largest |displacement| of any synapse, in pixels."""
+        return float(self.positions.detach().abs().max()) if self.positions.numel() else 0.0
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, K={self.num_synapses}, P={self.position_groups}"
+        )
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text + f", spread={self.spread():.2f}"
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, position_groups: int | None = None) -> ActiveConv2d:
+        """The ACU equal to ``conv`` (Lemma 1): same weight, positions on its (dilated) grid."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        reason = conv2d_refusal(conv)
+        if reason is not None:
+            raise ValueError(f"cannot convert {conv} to an ActiveConv2d: {reason}")
+        acu = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.groups,
+            position_groups,
+            conv.bias is not None,
+            conv.dilation,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            acu.weight.copy_(conv.weight.reshape_as(acu.weight))
+            if conv.bias is not None:
+                acu.bias.copy_(conv.bias)
+        acu.train(conv.training)
+        return acu
+
+    @torch.no_grad()
+    def to_conv2d(self) -> nn.Conv2d:
+        """The ordinary conv equal to this ACU (Theorem 2), with the smallest odd kernel that
+        holds every synapse."""
+        positions = self.full_positions()
+        radius = (kernel_radius(positions[..., 0])[0], kernel_radius(positions[..., 1])[0])
+        kernel = extrapolated_kernel(self.weight, positions, radius).to(self.weight.dtype)
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            kernel.shape[-2:],
+            self.stride,
+            radius,
+            groups=self.groups,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        conv.weight.copy_(kernel)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        conv.train(self.training)
+        return conv

@@ -1,0 +1,85 @@
+"""Dense-kernel path (Theorem 2): splat each synapse onto its integer neighbours, then run
+the platform's convolution. Cost grows with the square of the positions' spread, so the
+dispatcher uses it where the box stays small or where there are many position sets
+(depthwise), for which one dense conv beats per-set work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import kernel_radius
+from .hat import hat
+
+
+def extrapolated_kernel(
+    weight: torch.Tensor, positions: torch.Tensor, radius: tuple[int, int]
+) -> torch.Tensor:
+    """The (C_out, C_in // groups, 2*ra+1, 2*rb+1) conv kernel equal to the ACU (eq. 13-15).
+
+    Differentiable in weight and positions; the position slope follows the central rule.
+    """
+    c_out, c_per_group, k = weight.shape
+    p = positions.shape[0]
+    dtype = torch.promote_types(weight.dtype, positions.dtype)
+    positions = positions.to(dtype)
+    ra, rb = radius
+    rows = torch.arange(-ra, ra + 1, device=weight.device, dtype=dtype)
+    cols = torch.arange(-rb, rb + 1, device=weight.device, dtype=dtype)
+    row_w = hat(rows - positions[..., 0:1])  # (P, K, R)
+    col_w = hat(cols - positions[..., 1:2])  # (P, K, S)
+    spread = row_w[..., :, None] * col_w[..., None, :]  # (P, K, R, S)
+    w = weight.to(dtype).reshape(p, c_out // p, c_per_group, k)
+    kernel = torch.einsum("pock,pkrs->pocrs", w, spread)
+    return kernel.reshape(c_out, c_per_group, 2 * ra + 1, 2 * rb + 1)
+
+
+class _TightConv(torch.autograd.Function):
+    """Conv with the tight centre of a kernel whose outer ring is zero in value but not in
+    gradient: the forward skips the ring, the backward returns the ring's gradient, which the
+    position slope at integer border taps needs."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_ext, bias, stride, radius, margin, groups):
+        ma, mb = margin
+        kh, kw = kernel_ext.shape[-2:]
+        tight = kernel_ext[:, :, ma : kh - ma, mb : kw - mb]
+        ctx.save_for_backward(x, kernel_ext)
+        ctx.conf = (stride, radius, margin, groups, bias is not None)
+        return F.conv2d(x, tight, bias, stride, radius, 1, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, kernel_ext = ctx.saved_tensors
+        stride, (ra, rb), (ma, mb), groups, has_bias = ctx.conf
+        need_x, need_k, need_b = ctx.needs_input_grad[:3]
+        bias_sizes = [kernel_ext.shape[0]] if has_bias else None
+        kh, kw = kernel_ext.shape[-2:]
+        tight = kernel_ext[:, :, ma : kh - ma, mb : kw - mb]
+        conv_bwd = torch.ops.aten.convolution_backward
+        grad_x = grad_k = grad_b = None
+        if need_x or (need_b and has_bias):
+            grad_x, _, grad_b = conv_bwd(
+                grad, x, tight, bias_sizes, stride, (ra, rb), (1, 1), False, (0, 0), groups,
+                [need_x, False, bool(need_b and has_bias)],
+            )
+        if need_k:
+            _, grad_k, _ = conv_bwd(
+                grad, x, kernel_ext, None, stride, (ra + ma, rb + mb), (1, 1), False, (0, 0),
+                groups, [False, True, False],
+            )
+        return grad_x, grad_k, grad_b, None, None, None, None
+
+
+def dense_active_conv2d(x, weight, positions, bias, stride, groups) -> torch.Tensor:
+    """ACU through one ordinary conv of the extrapolated kernel (arguments already checked)."""
+    ra, ra_ext = kernel_radius(positions[..., 0])
+    rb, rb_ext = kernel_radius(positions[..., 1])
+    needs_ring = weight.requires_grad or positions.requires_grad
+    margin = (ra_ext - ra, rb_ext - rb) if needs_ring else (0, 0)
+    kernel = extrapolated_kernel(weight, positions, (ra + margin[0], rb + margin[1]))
+    kernel = kernel.to(x.dtype)
+    if bias is not None:
+        bias = bias.to(x.dtype)
+    return _TightConv.apply(x, kernel, bias, stride, (ra, rb), margin, groups)

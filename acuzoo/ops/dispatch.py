@@ -1,0 +1,94 @@
+"""``active_conv2d``: the one public entry to the ACU operator. It checks the arguments,
+applies autocast, and picks the fastest correct path for the device, dtype and spread."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from .columns import columns_active_conv2d
+from .dense import dense_active_conv2d
+from .geometry import column_units, kernel_radius, output_size
+from .reference import reference_active_conv2d
+from .validation import check_active_conv2d_args, pair
+
+Path = Literal["auto", "dense", "columns", "reference"]
+PATHS = ("auto", "dense", "columns", "reference")
+
+# Columns cost per (input channel, synapse, output pixel), in units of one multiply-add of
+# the contraction; interpolation is memory-bound. Measured with bench/ops.py on 2 CPU cores.
+_COLUMN_ELEMENT_COST = 8.0
+# Beyond this many (set, input slice) segments the columns path is Python-bound.
+_MAX_COLUMN_SEGMENTS = 8
+
+
+def choose_path(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, groups: int) -> str:
+    """The cheaper of the dense-kernel and bilinear-columns paths, by a simple cost model."""
+    c_out, c_per_group, k = weight.shape
+    _, segments = column_units(x.shape[1], c_out, groups, positions.shape[0])
+    if len(segments) > _MAX_COLUMN_SEGMENTS:
+        return "dense"
+    ra, _ = kernel_radius(positions[..., 0])
+    rb, _ = kernel_radius(positions[..., 1])
+    dense_cost = c_out * c_per_group * (2 * ra + 1) * (2 * rb + 1)
+    columns_cost = c_out * c_per_group * k + x.shape[1] * k * _COLUMN_ELEMENT_COST
+    return "dense" if dense_cost <= columns_cost else "columns"
+
+
+def _prefers_channels_last(x: torch.Tensor, groups: int) -> bool:
+    # Depthwise convs on CPU run 2-3x faster in channels_last, backward included.
+    return x.device.type == "cpu" and groups == x.shape[1] and groups > 1
+
+
+def active_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    positions: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    groups: int = 1,
+    path: Path = "auto",
+) -> torch.Tensor:
+    """Active convolution (paper eq. 5; conventions in DESIGN.md).
+
+    Args:
+        input: (N, C_in, H, W).
+        weight: (C_out, C_in // groups, K).
+        positions: (P, K, 2) (row, column) displacements of every synapse from the output's
+            anchor pixel, origin included; output channel o uses set o // (C_out // P).
+        bias: optional (C_out,).
+        stride: int or (row, column) pair; output pixel (m, n) reads (m*s + alpha, n*s + beta).
+        groups: conv groups, as in ``nn.Conv2d``.
+        path: "auto" (default) picks; the others force a path, for tests and benchmarks.
+
+    Returns:
+        (N, C_out, (H - 1) // s + 1, (W - 1) // s + 1).
+    """
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    check_active_conv2d_args(input, weight, positions, bias, groups)
+    stride = pair(stride, "stride")
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Low-precision compute, but the kernel and position slopes are built in fp32 first.
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return _run(input.to(dtype), weight, positions, bias, stride, groups, path)
+    return _run(input, weight, positions, bias, stride, groups, path)
+
+
+def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
+    if path == "reference":
+        return reference_active_conv2d(input, weight, positions, bias, stride, groups)
+    if path == "auto":
+        path = choose_path(input, weight, positions, groups)
+    if path == "columns":
+        out_hw = output_size(tuple(input.shape[-2:]), stride)
+        return columns_active_conv2d(input, weight, positions, bias, stride, groups, out_hw)
+    if _prefers_channels_last(input, groups):
+        input = input.contiguous(memory_format=torch.channels_last)
+    return dense_active_conv2d(input, weight, positions, bias, stride, groups)
+
+
+__all__ = ["active_conv2d", "choose_path", "PATHS"]
