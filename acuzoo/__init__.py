@@ -12,6 +12,7 @@ from .nn import (
     position_parameters,
 )
 from .ops import active_conv2d
+from . import models  # noqa: F401  (registers the zoo with timm)
 
 __version__ = "0.1.0"
 
