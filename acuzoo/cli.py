@@ -1,0 +1,122 @@
+"""The ``acuzoo`` command (and ``train.py``): LightningCLI's fit/validate/test/predict, plus any
+subcommand registered in ``SUBCOMMANDS`` (e.g. checkpoint conversion or export), which gets its
+own handler and never builds a Trainer."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+from .lit import ClassificationData, ImageClassifier
+
+Handler = Callable[[list[str]], Any]
+# Subcommands that are not a Trainer run: name -> handler(argv after the name).
+SUBCOMMANDS: dict[str, Handler] = {}
+
+
+def subcommand(name: str) -> Callable[[Handler], Handler]:
+    """Register ``handler(argv)`` as ``acuzoo <name> ...``."""
+
+    def register(handler: Handler) -> Handler:
+        if name in LightningCLI.subcommands():
+            raise ValueError(f"'{name}' is a LightningCLI subcommand")
+        SUBCOMMANDS[name] = handler
+        return handler
+
+    return register
+
+
+def default_loggers(save_dir: str, name: str) -> list[Logger]:
+    """CSV logs, and TensorBoard's beside them (same version folder) when it is installed."""
+    csv = CSVLogger(save_dir, name=name)
+    loggers: list[Logger] = [csv]
+    try:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir, name=name, version=csv.version, default_hp_metric=False))
+    except ModuleNotFoundError:  # neither tensorboard nor tensorboardX
+        pass
+    return loggers
+
+
+class AcuzooCLI(LightningCLI):
+    """LightningCLI with ``ImageClassifier`` and any ``ClassificationData``, and the defaults a user
+    expects: seed 0, a Rich progress bar, CSV (+ TensorBoard) logs under ``logs/<run_name>/``,
+    last and best (``val/acc1``) checkpoints, and ``test_after_fit`` to test right after fit."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            ImageClassifier,
+            ClassificationData,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name", type=str | None, default=None, help="log folder name (default: model)"
+        )
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=False, help="fit, then test the best checkpoint"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc1",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+    def _subcommand_config(self) -> Any:
+        return self.config_init[self.subcommand] if self.subcommand else self.config_init
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        config = self._subcommand_config()
+        trainer = config.get("trainer", {})
+        callbacks = list(trainer.get("callbacks") or [])
+        if trainer.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            kwargs["callbacks"] = [*callbacks, RichProgressBar()]
+        if trainer.get("logger") in (None, True):
+            name = config.get("run_name") or self.model.hparams.get("model_name", "run")
+            kwargs["logger"] = default_loggers(trainer.get("default_root_dir") or "logs", name)
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        if not self._subcommand_config().get("test_after_fit"):
+            return
+        checkpoint = self.trainer.checkpoint_callback
+        ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        rank_zero_info(
+            f"test_after_fit: testing {'the best checkpoint' if ckpt_path else 'the final weights'}"
+        )
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``acuzoo <subcommand> ...``: a registered handler, else LightningCLI (fit/validate/test/predict)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        SUBCOMMANDS[args[0]](args[1:])
+        return
+    # argv None: LightningCLI reads sys.argv itself, which DDP's launcher replays in each process.
+    AcuzooCLI(args=None if argv is None else args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Training with PyTorch Lightning: the classifier module, data modules and ACU callbacks.
+
+Importing ``acuzoo`` does not import this package (nor Lightning); import ``acuzoo.lit``.
+"""
+
+from .data import CIFARData, ClassificationData, FashionMNISTData, ImageFolderData, SyntheticData
+from .module import ImageClassifier, build_model
+from .position_lr import PositionLearningRate
+from .position_plot import PositionPlot, plot_positions
+from .warmup import PositionWarmup
+
+__all__ = [
+    "CIFARData",
+    "ClassificationData",
+    "FashionMNISTData",
+    "ImageClassifier",
+    "ImageFolderData",
+    "PositionLearningRate",
+    "PositionPlot",
+    "PositionWarmup",
+    "SyntheticData",
+    "build_model",
+    "plot_positions",
+]

@@ -1,0 +1,174 @@
+"""Fashion-MNIST, the embedded default dataset: Debian's ``dataset-fashion-mnist`` or a torchvision root."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from .base import ClassificationData
+
+DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+LAYOUT = (
+    "expected the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+    "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz) in the root itself "
+    f"(Debian's dataset-fashion-mnist: {DEBIAN_ROOT}) or in <root>/FashionMNIST/raw (torchvision)"
+)
+MEAN, STD = 0.2860, 0.3530
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped or not, as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes ({LAYOUT})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} bytes ({LAYOUT})")
+    return body.reshape(shape)
+
+
+def find_files(root: str | Path) -> dict[str, tuple[Path, Path]]:
+    """The (images, labels) paths of each split under ``root``, in either layout."""
+    root = Path(root)
+    for folder in (root, root / "FashionMNIST" / "raw"):
+        found = {}
+        for split, names in FILES.items():
+            paths = []
+            for name in names:
+                hits = [folder / (name + ext) for ext in ("", ".gz") if (folder / (name + ext)).is_file()]
+                if hits:
+                    paths.append(hits[0])
+            if len(paths) == 2:
+                found[split] = (paths[0], paths[1])
+        if len(found) == 2:
+            return found
+    raise FileNotFoundError(f"Fashion-MNIST not found at {root}: {LAYOUT}")
+
+
+def load_split(root: str | Path, split: Literal["train", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, 1, 28, 28), int64 labels (N,)) of a split."""
+    image_path, label_path = find_files(root)[split]
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"{image_path} / {label_path}: {images.shape} images do not match "
+            f"{labels.shape} labels ({LAYOUT})"
+        )
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+class TensorImages(Dataset):
+    """Images held as one uint8 tensor, transformed one by one."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+
+class RepeatChannels(torch.nn.Module):
+    """Grey to ``channels`` identical channels (for models that want RGB)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(self.channels, *x.shape[1:]).contiguous() if x.shape[0] != self.channels else x
+
+
+def grey_transform(
+    size: int, channels: int, train: bool, native: int, fit: Literal["pad", "resize"], mean: float, std: float
+) -> v2.Compose:
+    """uint8 (1, H, W) -> normalized float (channels, size, size): zero-pad or resize to ``size``;
+    for training also pad 4 + random crop and horizontal flip (the paper's CIFAR augmentation)."""
+    steps: list[torch.nn.Module] = [v2.ToDtype(torch.float32, scale=True)]
+    if size != native:
+        if fit == "pad" and size > native:
+            extra = size - native
+            steps.append(v2.Pad([extra // 2, extra // 2, extra - extra // 2, extra - extra // 2]))
+        else:
+            steps.append(v2.Resize([size, size], antialias=True))
+    if train:
+        steps += [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()]
+    steps += [v2.Normalize([mean], [std]), RepeatChannels(channels)]
+    return v2.Compose(steps)
+
+
+class FashionMNISTData(ClassificationData):
+    """Fashion-MNIST (10 classes, 60k train / 10k test, 28x28 grey), no download ever.
+
+    Args:
+        root: Debian's install (default) or any folder in either layout of ``LAYOUT``.
+        fit: how 28x28 becomes a larger model input: "pad" with zeros (the background) or "resize".
+        augment: random crop and flip on the training split.
+        Others: see ``ClassificationData``.
+    """
+
+    def __init__(
+        self,
+        root: str = DEBIAN_ROOT,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        image_size: int | None = None,
+        channels: int | None = None,
+        fit: Literal["pad", "resize"] = "pad",
+        augment: bool = True,
+        val_size: int = 5000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, image_size, channels, val_size, seed)
+        self.root = root
+        self.fit = fit
+        self.augment = augment
+        self.num_classes = len(CLASSES)
+
+    def prepare_data(self) -> None:
+        find_files(self.root)  # fail early, with the layout, before any process starts work
+
+    def setup(self, stage: str | None = None) -> None:
+        channels, size = self.input_shape(1, 28)
+
+        def transform(train: bool) -> v2.Compose:
+            return grey_transform(size, channels, train and self.augment, 28, self.fit, MEAN, STD)
+
+        if stage in (None, "fit", "validate"):
+            images, labels = load_split(self.root, "train")
+            train = TensorImages(images, labels, transform(True))
+            self.train_set, self.val_set = self.split_train(
+                train, TensorImages(images, labels, transform(False))
+            )
+        images, labels = load_split(self.root, "test")
+        self.test_set = TensorImages(images, labels, transform(False))

@@ -1,0 +1,160 @@
+"""``ImageClassifier``: any timm model (acuzoo's or timm's) trained as an image classifier."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import timm
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..nn import convert_to_acu, position_parameters
+from .optim import Schedule, build_schedule, parameter_groups
+from .weights import load_matching_weights, load_positions
+
+Stage = Literal["train", "val", "test"]
+STAGES = ("train", "val", "test")
+
+
+class ImageClassifier(pl.LightningModule):
+    """Cross-entropy classification of a timm model, with the paper's SGD recipes.
+
+    Args:
+        model_name: a timm name; ``import acuzoo`` registers the zoo (e.g. ``cifar_resnet29_acu``).
+        num_classes, in_chans: head and stem sizes passed to ``timm.create_model``.
+        input_size: square input side the data should have; default from the model's timm config.
+        pretrained: timm pretrained weights (needs them cached or online).
+        model_kwargs: further ``timm.create_model`` keyword arguments (e.g. ``drop_rate``).
+        convert_to_acu: turn the model's depthwise convs into depthwise ACUs (for timm's own models).
+        init_weights_from: checkpoint whose tensors of matching name and shape start the model.
+        init_positions_from: checkpoint whose ACU positions start the model, weights left freshly
+            initialised (ACU-Fixed, paper 3.2.2, with ``freeze_positions``).
+        freeze_positions: positions never train (not given to the optimizer).
+        label_smoothing: cross-entropy label smoothing.
+        lr, momentum, nesterov, weight_decay: SGD; positions are never decayed.
+        no_weight_decay_norm_bias: no weight decay on BN and bias parameters either.
+        schedule: "multistep" (divide by ``1/gamma`` at ``milestones``), "linear" (to 0 over
+            ``schedule_length``) or "constant".
+        schedule_interval: the schedule counts optimizer "step"s or "epoch"s.
+        schedule_length: linear decay length; default the trainer's max_epochs or total steps.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "cifar_resnet29_acu",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        input_size: int | None = None,
+        pretrained: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        convert_to_acu: bool = False,
+        init_weights_from: str | None = None,
+        init_positions_from: str | None = None,
+        freeze_positions: bool = False,
+        label_smoothing: float = 0.0,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 5e-4,
+        no_weight_decay_norm_bias: bool = False,
+        schedule: Schedule = "multistep",
+        schedule_interval: Literal["step", "epoch"] = "step",
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+        schedule_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(
+            model_name, num_classes, in_chans, pretrained, model_kwargs or {}, convert_to_acu
+        )
+        if init_weights_from:
+            load_matching_weights(self.model, init_weights_from)
+        if init_positions_from:
+            load_positions(self.model, init_positions_from)
+        if freeze_positions:
+            for p in position_parameters(self.model):
+                p.requires_grad_(False)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        top5 = min(5, num_classes)
+        # One metric object per stage (torchmetrics keep state between update and compute); the
+        # keys avoid "train", which nn.Module already has as an attribute.
+        self.acc1 = nn.ModuleDict({f"{s}_": MulticlassAccuracy(num_classes, top_k=1) for s in STAGES})
+        self.acc5 = nn.ModuleDict({f"{s}_": MulticlassAccuracy(num_classes, top_k=top5) for s in STAGES})
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """timm's data config of the model (input size, mean, std, interpolation, crop), with this
+        module's channels and input size. Data modules read it to shape their images."""
+        config = dict(timm.data.resolve_model_data_config(self.model))
+        size = self.hparams.input_size or config["input_size"][-1]
+        config["input_size"] = (self.hparams.in_chans, size, size)
+        return config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        acc1, acc5 = self.acc1[f"{stage}_"], self.acc5[f"{stage}_"]
+        acc1(logits, targets)
+        acc5(logits, targets)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        self.log(f"{stage}/acc1", acc1, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc5", acc5, on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(-1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        groups = parameter_groups(self.model, h.weight_decay, h.no_weight_decay_norm_bias)
+        optimizer = torch.optim.SGD(
+            groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov and h.momentum > 0
+        )
+        length = h.schedule_length
+        if h.schedule == "linear" and length is None:
+            length = self.trainer.max_epochs if h.schedule_interval == "epoch" else None
+            length = length if length and length > 0 else int(self.trainer.estimated_stepping_batches)
+        scheduler = build_schedule(optimizer, h.schedule, h.milestones, h.gamma, length)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": h.schedule_interval},
+        }
+
+
+def build_model(
+    model_name: str,
+    num_classes: int,
+    in_chans: int,
+    pretrained: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+    convert_depthwise: bool = False,
+) -> nn.Module:
+    """``timm.create_model`` (acuzoo's models are registered by importing acuzoo, which importing this
+    module does); optionally turns depthwise convs into ACUs."""
+    if not timm.is_model(model_name):
+        raise ValueError(
+            f"unknown model '{model_name}': not registered with timm "
+            f"(acuzoo's: {', '.join(timm.list_models('*acu*')[:8])}, ...)"
+        )
+    model = timm.create_model(
+        model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {})
+    )
+    return convert_to_acu(model) if convert_depthwise else model
