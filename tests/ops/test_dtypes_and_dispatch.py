@@ -1,0 +1,62 @@
+"""float32, autocast and the automatic choice of path."""
+
+import pytest
+import torch
+
+from acuzoo.ops import active_conv2d, choose_path, reference_active_conv2d
+
+
+def _case(c=8, groups=8, p=8, spread=1.5, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, c, 10, 10, generator=gen, dtype=dtype)
+    w = torch.randn(c, c // groups, 9, generator=gen, dtype=dtype)
+    pos = ((torch.rand(p, 9, 2, generator=gen) * 2 - 1) * spread).to(dtype)
+    return x, w, pos, groups
+
+
+@pytest.mark.parametrize("path", ["dense", "columns"])
+def test_float32_close_to_float64_reference(path):
+    x, w, pos, groups = _case()
+    out = active_conv2d(x, w, pos, None, 1, groups, path=path)
+    ref = reference_active_conv2d(x.double(), w.double(), pos.double(), None, 1, groups)
+    assert out.dtype == torch.float32
+    assert (out.double() - ref).abs().max() / ref.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("path", ["dense", "columns"])
+def test_bfloat16_autocast_keeps_positions_in_float32(path):
+    x, w, pos, groups = _case(c=8, groups=1, p=1)
+    pos.requires_grad_()
+    w.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = active_conv2d(x, w, pos, None, 1, groups, path=path)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert pos.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    ref_pos = pos.detach().clone().requires_grad_()
+    ref = active_conv2d(x, w.detach(), ref_pos, None, 1, groups, path=path)
+    ref.square().sum().backward()
+    assert (out.float() - ref).abs().max() / ref.abs().max() < 2e-2
+    cos = torch.nn.functional.cosine_similarity(pos.grad.flatten(), ref_pos.grad.flatten(), dim=0)
+    assert cos > 0.99
+
+
+def test_auto_prefers_columns_for_a_shared_layer_with_wide_spread():
+    x = torch.randn(2, 64, 16, 16)
+    w = torch.randn(64, 64, 9)
+    pos = (torch.rand(1, 9, 2) * 2 - 1) * 3
+    assert choose_path(x, w, pos, 1) == "columns"
+
+
+def test_auto_prefers_dense_for_depthwise_layers():
+    x = torch.randn(2, 64, 16, 16)
+    w = torch.randn(64, 1, 9)
+    pos = (torch.rand(64, 9, 2) * 2 - 1) * 3
+    assert choose_path(x, w, pos, 64) == "dense"
+
+
+def test_auto_prefers_dense_for_a_shared_layer_on_its_grid():
+    x = torch.randn(2, 64, 16, 16)
+    w = torch.randn(64, 64, 9)
+    grid = torch.tensor([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)
+    assert choose_path(x, w, grid[None], 1) == "dense"
