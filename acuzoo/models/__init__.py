@@ -1,3 +1,55 @@
-"""The model zoo: importing this package registers every family with timm."""
+"""The model zoo: importing this package registers every family with timm.
 
+``list_models`` lists the zoo (whatever module of this package registered the model, so a new
+family appears once it is imported here); ``resolve_model_name`` turns a user's name into a
+registered one or raises with the closest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+
+from timm.layers import register_notrace_module
+from timm.models import list_models as timm_list_models
+from timm.models import model_entrypoint
+
+from ..nn import ActiveConv2d
 from . import cifar_resnet, cifar_resnext, inception_bn, mobilenetv2, xception  # noqa: F401
+
+# torch.fx cannot trace the ACU's path choice; timm's FX feature extraction keeps it a leaf.
+register_notrace_module(ActiveConv2d)
+
+__all__ = ["list_models", "resolve_model_name"]
+
+
+def _is_zoo_model(name: str) -> bool:
+    return model_entrypoint(name).__module__.startswith(f"{__name__}.")
+
+
+def list_models(filter: str | list[str] = "*", include_tags: bool = False) -> list[str]:
+    """Sorted names of acuzoo's models matching the ``fnmatch`` pattern(s) ``filter``; with
+    ``include_tags`` the pretrained tags too (``mobilenetv2_acu_100.in1k``)."""
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    names = [n for n in timm_list_models() if _is_zoo_model(n)]
+    if include_tags:
+        names = [t for t in timm_list_models(names, include_tags=True) if t.split(".")[0] in names]
+    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
+
+
+def resolve_model_name(name: str) -> str:
+    """``name`` if it is an acuzoo model (``family_variant`` or ``family_variant.tag``), else a
+    ValueError that names the closest valid choices (e.g. the widths that do exist)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty str, got {name!r}")
+    base, _, tag = name.partition(".")
+    zoo = list_models()
+    if base not in zoo:
+        close = difflib.get_close_matches(base, zoo, n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown acuzoo model {name!r}; {hint}valid models: {', '.join(zoo)}")
+    if tag:
+        tagged = list_models(base, include_tags=True)
+        if name not in tagged:
+            raise ValueError(f"model {base!r} has no tag {tag!r}; valid: {', '.join(tagged)}")
+    return name
