@@ -1,0 +1,399 @@
+// CUDA kernels of the ACU: launch and reduction code around the shared arithmetic of
+// acu_math.h. Inputs in half/bfloat16/float/double; taps, positions and every sum in the
+// op-math type (float for the 16-bit types). No float atomics: the input gradient is a
+// gather (each input element summed by one thread) and the weight/position gradients are
+// per-block partial sums, tree-reduced in a fixed order, then reduced across blocks in a
+// fixed order (reduce_rows): two runs give bitwise the same gradients.
+// Only c10's CUDA headers are included (not ATen/cuda/CUDAContext.h, which pulls in the
+// cuBLAS/cuSPARSE headers that a bare toolkit may lack).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "acu_driver.h"
+#include "acu_math.h"
+
+namespace acu {
+namespace {
+
+constexpr int kThreads = 256;        // power of two: the block reductions halve it
+constexpr int64_t kChunk = 4096;     // output elements per block in the depthwise param grads
+constexpr int64_t kColumnsBytes = int64_t(256) << 20;  // cap on one chunk's bilinear columns
+
+inline int blocks_for(int64_t total) {
+  return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 22));
+}
+
+// Sums vals[i] over the block into shared[i * kThreads], in a fixed tree order.
+template <typename A, int N>
+__device__ __forceinline__ void block_sum(A (&vals)[N], A* shared) {
+  const int tid = threadIdx.x;
+#pragma unroll
+  for (int i = 0; i < N; ++i) shared[i * kThreads + tid] = vals[i];
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (tid < s) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) shared[i * kThreads + tid] += shared[i * kThreads + tid + s];
+    }
+    __syncthreads();
+  }
+}
+
+template <typename A>
+__device__ __forceinline__ void taps_of(const A* pos, int64_t p, int64_t k, int64_t K,
+                                        AxisTaps<A>& ta, AxisTaps<A>& tb) {
+  ta = axis_taps<A>(pos[(p * K + k) * 2]);
+  tb = axis_taps<A>(pos[(p * K + k) * 2 + 1]);
+}
+
+struct Dims {
+  int64_t C, H, W, Ho, Wo, K;
+  int sh, sw;
+};
+
+inline Dims dims_of(const Geometry& g) {
+  return {g.c_in, g.height, g.width, g.out_h, g.out_w, g.synapses,
+          static_cast<int>(g.stride_h), static_cast<int>(g.stride_w)};
+}
+
+// ---- depthwise ---------------------------------------------------------------------
+
+template <typename S, typename A>
+__global__ void dw_forward_kernel(const S* __restrict__ x, const S* __restrict__ w,
+                                  const A* __restrict__ pos, const S* __restrict__ bias,
+                                  S* __restrict__ out, int64_t total, Dims d, int64_t per_set) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int j = static_cast<int>(idx % d.Wo);
+    const int m = static_cast<int>((idx / d.Wo) % d.Ho);
+    const int64_t plane = idx / (d.Wo * d.Ho);  // n * C + c
+    const int64_t c = plane % d.C, p = c / per_set;
+    const S* xp = x + plane * d.H * d.W;
+    A acc = bias ? static_cast<A>(bias[c]) : A(0);
+    for (int64_t k = 0; k < d.K; ++k) {
+      AxisTaps<A> ta, tb;
+      taps_of(pos, p, k, d.K, ta, tb);
+      acc += static_cast<A>(w[c * d.K + k]) *
+             read_value<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb);
+    }
+    out[idx] = static_cast<S>(acc);
+  }
+}
+
+template <typename S, typename A>
+__global__ void dw_grad_input_kernel(const S* __restrict__ go, const S* __restrict__ w,
+                                     const A* __restrict__ pos, S* __restrict__ gx, int64_t total,
+                                     Dims d, int64_t per_set) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int col = static_cast<int>(idx % d.W);
+    const int r = static_cast<int>((idx / d.W) % d.H);
+    const int64_t plane = idx / (d.W * d.H);
+    const int64_t c = plane % d.C, p = c / per_set;
+    const S* gp = go + plane * d.Ho * d.Wo;
+    A acc = A(0);
+    for (int64_t k = 0; k < d.K; ++k) {
+      AxisTaps<A> ta, tb;
+      taps_of(pos, p, k, d.K, ta, tb);
+      acc += static_cast<A>(w[c * d.K + k]) *
+             gather_plane<A>(gp, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col, ta, tb);
+    }
+    gx[idx] = static_cast<S>(acc);
+  }
+}
+
+// Block (chunk, c): partial[chunk, c, k, :] = sums over the chunk's output elements of
+// channel c of grad * (value read, w * d/dalpha read, w * d/dbeta read).
+template <typename S, typename A>
+__global__ void dw_grad_params_kernel(const S* __restrict__ go, const S* __restrict__ x,
+                                      const S* __restrict__ w, const A* __restrict__ pos,
+                                      A* __restrict__ partial, int64_t batch, Dims d,
+                                      int64_t per_set) {
+  __shared__ A shared[3 * kThreads];
+  const int64_t c = blockIdx.y, chunk = blockIdx.x, p = c / per_set;
+  const int64_t pixels = d.Ho * d.Wo, elems = batch * pixels;
+  const int64_t start = chunk * kChunk, stop = min(start + kChunk, elems);
+  for (int64_t k = 0; k < d.K; ++k) {
+    AxisTaps<A> ta, tb;
+    taps_of(pos, p, k, d.K, ta, tb);
+    A sums[3] = {A(0), A(0), A(0)};
+    for (int64_t e = start + threadIdx.x; e < stop; e += kThreads) {
+      const int64_t n = e / pixels, pix = e % pixels;
+      const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
+      const int64_t plane = n * d.C + c;
+      const A g = static_cast<A>(go[plane * pixels + pix]);
+      const Read3<A> r = read_plane<A>(x + plane * d.H * d.W, static_cast<int>(d.H),
+                                       static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb);
+      sums[0] += g * r.value;
+      sums[1] += g * r.d_alpha;
+      sums[2] += g * r.d_beta;
+    }
+    block_sum<A, 3>(sums, shared);
+    if (threadIdx.x == 0) {
+      const A wk = static_cast<A>(w[c * d.K + k]);
+      A* dst = partial + ((chunk * d.C + c) * d.K + k) * 3;
+      dst[0] = shared[0];
+      dst[1] = wk * shared[kThreads];
+      dst[2] = wk * shared[2 * kThreads];
+    }
+    __syncthreads();
+  }
+}
+
+// ---- bilinear columns ----------------------------------------------------------------
+
+struct Units {
+  int64_t units, per_group, per_set, c_per_group, rows, batch;
+};
+
+inline Units units_of(const Geometry& g) {
+  return {g.units, g.units / g.groups, g.units / g.sets, g.c_per_group,
+          g.c_per_group * g.synapses, g.batch};
+}
+
+// cols[u, ci*K + k, n, pix] = bilinear read of input channel (group(u), ci) with set(u).
+template <typename S, typename A>
+__global__ void im2col_kernel(const S* __restrict__ x, const A* __restrict__ pos,
+                              S* __restrict__ cols, int64_t total, Dims d, Units u) {
+  const int64_t pixels = d.Ho * d.Wo;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t pix = idx % pixels;
+    int64_t t = idx / pixels;
+    const int64_t n = t % u.batch;
+    t /= u.batch;
+    const int64_t row = t % u.rows, unit = t / u.rows;
+    const int64_t ci = row / d.K, k = row % d.K;
+    const int64_t c = (unit / u.per_group) * u.c_per_group + ci, p = unit / u.per_set;
+    AxisTaps<A> ta, tb;
+    taps_of(pos, p, k, d.K, ta, tb);
+    const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
+    cols[idx] = static_cast<S>(read_value<A>(x + (n * d.C + c) * d.H * d.W, static_cast<int>(d.H),
+                                             static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb));
+  }
+}
+
+template <typename S, typename A>
+__global__ void col2im_kernel(const S* __restrict__ gcols, const A* __restrict__ pos,
+                              S* __restrict__ gx, int64_t total, Dims d, Units u) {
+  const int64_t pixels = d.Ho * d.Wo;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int col = static_cast<int>(idx % d.W);
+    const int r = static_cast<int>((idx / d.W) % d.H);
+    const int64_t c = (idx / (d.W * d.H)) % d.C, n = idx / (d.W * d.H * d.C);
+    const int64_t group = c / u.c_per_group, ci = c % u.c_per_group;
+    A acc = A(0);
+    for (int64_t unit = group * u.per_group; unit < (group + 1) * u.per_group; ++unit) {
+      const int64_t p = unit / u.per_set;
+      for (int64_t k = 0; k < d.K; ++k) {
+        AxisTaps<A> ta, tb;
+        taps_of(pos, p, k, d.K, ta, tb);
+        const S* src = gcols + ((unit * u.rows + ci * d.K + k) * u.batch + n) * pixels;
+        acc += gather_plane<A>(src, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col,
+                               ta, tb);
+      }
+    }
+    gx[idx] = static_cast<S>(acc);
+  }
+}
+
+// Block (unit, row, n): the dots of one column row's gradient with its slope reads.
+template <typename S, typename A>
+__global__ void position_partials_kernel(const S* __restrict__ gcols, const S* __restrict__ x,
+                                         const A* __restrict__ pos, A* __restrict__ partial,
+                                         Dims d, Units u, int64_t sets) {
+  __shared__ A shared[2 * kThreads];
+  const int64_t block = blockIdx.x;
+  const int64_t n = block % u.batch, row = (block / u.batch) % u.rows;
+  const int64_t unit = block / (u.batch * u.rows);
+  const int64_t ci = row / d.K, k = row % d.K;
+  const int64_t c = (unit / u.per_group) * u.c_per_group + ci;
+  const int64_t p = unit / u.per_set, q = unit % u.per_set;
+  const int64_t pixels = d.Ho * d.Wo;
+  AxisTaps<A> ta, tb;
+  taps_of(pos, p, k, d.K, ta, tb);
+  const S* src = gcols + static_cast<int64_t>(block) * pixels;
+  const S* xp = x + (n * d.C + c) * d.H * d.W;
+  A sums[2] = {A(0), A(0)};
+  for (int64_t pix = threadIdx.x; pix < pixels; pix += kThreads) {
+    const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
+    const A g = static_cast<A>(src[pix]);
+    const Read3<A> r = read_plane<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh,
+                                     j * d.sw, ta, tb);
+    sums[0] += g * r.d_alpha;
+    sums[1] += g * r.d_beta;
+  }
+  block_sum<A, 2>(sums, shared);
+  if (threadIdx.x == 0) {
+    A* dst = partial + ((n * u.per_set + q) * u.c_per_group + ci) * (sets * d.K * 2) + (p * d.K + k) * 2;
+    dst[0] = shared[0];
+    dst[1] = shared[kThreads];
+  }
+}
+
+// out[m] = sum over rows of partial[:, m]: strided per-thread sums, then a fixed tree.
+template <typename A>
+__global__ void reduce_rows_kernel(const A* __restrict__ partial, A* __restrict__ out, int64_t rows,
+                                   int64_t cols) {
+  __shared__ A shared[kThreads];
+  const int64_t m = blockIdx.x;
+  A sums[1] = {A(0)};
+  for (int64_t r = threadIdx.x; r < rows; r += kThreads) sums[0] += partial[r * cols + m];
+  block_sum<A, 1>(sums, shared);
+  if (threadIdx.x == 0) out[m] = shared[0];
+}
+
+#define ACU_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+struct CudaBackend {
+  static int64_t columns_chunk(const Geometry& g) {
+    const int64_t per_sample = g.units * g.c_per_group * g.synapses * g.out_h * g.out_w * 8;
+    return std::max<int64_t>(1, std::min<int64_t>(g.batch, kColumnsBytes / std::max<int64_t>(per_sample, 1)));
+  }
+
+  static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
+                                      const at::Tensor& positions,
+                                      const std::optional<at::Tensor>& bias, const Geometry& g) {
+    const c10::cuda::CUDAGuard guard(input.device());
+    at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
+    const int64_t total = out.numel();
+    if (total == 0) return out;
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    ACU_DISPATCH(input.scalar_type(), "acu_depthwise_forward_cuda", [&] {
+      using A = at::opmath_type<scalar_t>;
+      dw_forward_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+          positions.const_data_ptr<A>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
+          out.mutable_data_ptr<scalar_t>(), total, dims_of(g), g.c_out / g.sets);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return out;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> depthwise_backward(
+      const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+      const at::Tensor& positions, const Geometry& g, bool need_x, bool need_sums) {
+    const c10::cuda::CUDAGuard guard(input.device());
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    at::Tensor gx = need_x ? at::empty_like(input) : at::Tensor();
+    at::Tensor sums;
+    const Dims d = dims_of(g);
+    const int64_t per_set = g.c_out / g.sets;
+    if (need_x && gx.numel() > 0) {
+      ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_input_cuda", [&] {
+        using A = at::opmath_type<scalar_t>;
+        dw_grad_input_kernel<scalar_t, A><<<blocks_for(gx.numel()), kThreads, 0, stream>>>(
+            grad_out.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+            positions.const_data_ptr<A>(), gx.mutable_data_ptr<scalar_t>(), gx.numel(), d, per_set);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
+    if (need_sums) {
+      const int64_t elems = g.batch * g.out_h * g.out_w;
+      const int64_t chunks = (elems + kChunk - 1) / kChunk;
+      at::Tensor partial = at::empty({chunks, g.c_in * g.synapses * 3}, positions.options());
+      TORCH_CHECK(g.c_in <= 65535, "acuzoo: the depthwise CUDA kernel handles at most 65535 channels");
+      ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_params_cuda", [&] {
+        using A = at::opmath_type<scalar_t>;
+        const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(g.c_in));
+        dw_grad_params_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(
+            grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+            weight.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(),
+            partial.mutable_data_ptr<A>(), g.batch, d, per_set);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+      sums = reduce_rows(partial).view({g.c_in, g.synapses, 3});
+    }
+    return {gx, sums};
+  }
+
+  static void im2col(const at::Tensor& x, const at::Tensor& positions, at::Tensor& cols,
+                     const Geometry& g) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const int64_t total = cols.numel();
+    if (total == 0) return;
+    ACU_DISPATCH(x.scalar_type(), "acu_im2col_cuda", [&] {
+      using A = at::opmath_type<scalar_t>;
+      im2col_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(), cols.mutable_data_ptr<scalar_t>(),
+          total, dims_of(g), units_of(g));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static void col2im(const at::Tensor& gcols, const at::Tensor& positions, at::Tensor& gx,
+                     const Geometry& g) {
+    const c10::cuda::CUDAGuard guard(gx.device());
+    const int64_t total = gx.numel();
+    if (total == 0) return;
+    TORCH_CHECK(gx.is_contiguous(), "acuzoo: col2im needs a contiguous gradient buffer");
+    ACU_DISPATCH(gx.scalar_type(), "acu_col2im_cuda", [&] {
+      using A = at::opmath_type<scalar_t>;
+      col2im_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          gcols.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(), gx.mutable_data_ptr<scalar_t>(),
+          total, dims_of(g), units_of(g));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  static at::Tensor position_partials(const at::Tensor& gcols, const at::Tensor& x,
+                                      const at::Tensor& positions, const Geometry& g) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const Units u = units_of(g);
+    at::Tensor partial =
+        at::empty({g.batch * u.per_set * g.c_per_group, g.sets * g.synapses * 2}, positions.options());
+    const int64_t blocks = g.units * u.rows * g.batch;
+    if (blocks == 0) return partial.zero_();
+    TORCH_CHECK(blocks < (int64_t(1) << 31), "acuzoo: too many column rows for one launch");
+    ACU_DISPATCH(x.scalar_type(), "acu_position_partials_cuda", [&] {
+      using A = at::opmath_type<scalar_t>;
+      position_partials_kernel<scalar_t, A>
+          <<<static_cast<unsigned>(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+              gcols.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(),
+              partial.mutable_data_ptr<A>(), dims_of(g), u, g.sets);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return partial;
+  }
+
+  static at::Tensor reduce_rows(const at::Tensor& partial_) {
+    const at::Tensor partial = partial_.contiguous();
+    const int64_t rows = partial.size(0), cols = partial.size(1);
+    at::Tensor out = at::empty({cols}, partial.options());
+    if (cols == 0) return out;
+    if (rows == 0) return out.zero_();
+    AT_DISPATCH_FLOATING_TYPES(partial.scalar_type(), "acu_reduce_rows_cuda", [&] {
+      reduce_rows_kernel<scalar_t><<<static_cast<unsigned>(cols), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          partial.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), rows, cols);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return out;
+  }
+};
+
+at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride, int64_t groups) {
+  return forward<CudaBackend>(input, weight, positions, bias, stride, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& positions, at::IntArrayRef stride, int64_t groups, std::array<bool, 3> mask) {
+  return backward<CudaBackend>(grad_out, input, weight, positions, stride, groups, mask);
+}
+
+}  // namespace
+}  // namespace acu
+
+TORCH_LIBRARY_IMPL(acuzoo, CUDA, m) {
+  m.impl("active_conv2d", &acu::forward_cuda);
+  m.impl("active_conv2d_backward", &acu::backward_cuda);
+}

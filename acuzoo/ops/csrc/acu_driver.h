@@ -1,0 +1,168 @@
+// Device-independent driver of the ACU ops. A backend (CPU or CUDA) supplies the kernels;
+// this file decides between the depthwise kernels and bilinear columns + GEMM, and turns
+// their fixed-order partial sums into weight and position gradients.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <array>
+#include <numeric>
+#include <tuple>
+
+namespace acu {
+
+struct Geometry {
+  int64_t batch, c_in, height, width;  // input (batch is the chunk's size for columns)
+  int64_t c_out, c_per_group, synapses;
+  int64_t out_h, out_w;
+  int64_t stride_h, stride_w;
+  int64_t groups, sets, units;  // units: lcm(groups, sets); each reads one group with one set
+};
+
+inline Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& positions, at::IntArrayRef stride, int64_t groups) {
+  TORCH_CHECK(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1,
+              "acuzoo: stride must be two ints >= 1");
+  TORCH_CHECK(input.dim() == 4 && weight.dim() == 3 && positions.dim() == 3,
+              "acuzoo: expected input (N, C, H, W), weight (C_out, C_in/groups, K), positions (P, K, 2)");
+  Geometry g{};
+  g.batch = input.size(0);
+  g.c_in = input.size(1);
+  g.height = input.size(2);
+  g.width = input.size(3);
+  g.c_out = weight.size(0);
+  g.c_per_group = weight.size(1);
+  g.synapses = weight.size(2);
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.out_h = (g.height - 1) / g.stride_h + 1;
+  g.out_w = (g.width - 1) / g.stride_w + 1;
+  g.groups = groups;
+  g.sets = positions.size(0);
+  TORCH_CHECK(groups >= 1 && g.c_in % groups == 0 && g.c_out % groups == 0 &&
+                  g.c_per_group == g.c_in / groups,
+              "acuzoo: weight/groups do not match the input's channels");
+  TORCH_CHECK(g.sets >= 1 && g.c_out % g.sets == 0 && positions.size(1) == g.synapses &&
+                  positions.size(2) == 2,
+              "acuzoo: positions must be (P, K, 2) with P dividing C_out");
+  g.units = std::lcm(groups, g.sets);
+  return g;
+}
+
+// One input channel per output channel: the depthwise ACU (any number of position sets).
+inline bool is_depthwise(const Geometry& g) {
+  return g.groups == g.c_in && g.c_out == g.c_in;
+}
+
+inline at::ScalarType math_type(at::ScalarType t) { return at::toOpMathType(t); }
+
+template <class Backend>
+at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& positions_,
+                   const std::optional<at::Tensor>& bias_, at::IntArrayRef stride, int64_t groups) {
+  Geometry g = make_geometry(input_, weight_, positions_, stride, groups);
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor weight = weight_.to(input.scalar_type()).contiguous();
+  const at::Tensor positions = positions_.to(math_type(input.scalar_type())).contiguous();
+  std::optional<at::Tensor> bias;
+  if (bias_.has_value() && bias_->defined()) bias = bias_->to(input.scalar_type()).contiguous();
+  if (is_depthwise(g)) return Backend::depthwise_forward(input, weight, positions, bias, g);
+
+  at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
+  const int64_t per_unit = g.c_out / g.units;
+  const int64_t rows = g.c_per_group * g.synapses;
+  const int64_t pixels = g.out_h * g.out_w;
+  const at::Tensor w = weight.view({g.units, per_unit, rows});
+  const int64_t chunk = Backend::columns_chunk(g);
+  for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+    const int64_t nb = std::min(chunk, g.batch - n0);
+    Geometry gc = g;
+    gc.batch = nb;
+    const at::Tensor x = input.narrow(0, n0, nb);
+    at::Tensor cols = at::empty({g.units, rows, nb * pixels}, input.options());
+    Backend::im2col(x, positions, cols, gc);
+    const at::Tensor y = at::bmm(w, cols).view({g.c_out, nb, pixels});  // (U, per_unit, nb*HWo)
+    out.narrow(0, n0, nb).view({nb, g.c_out, pixels}).copy_(y.transpose(0, 1));
+  }
+  if (bias.has_value()) out.add_(bias->view({1, g.c_out, 1, 1}));
+  return out;
+}
+
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_out_, const at::Tensor& input_, const at::Tensor& weight_,
+    const at::Tensor& positions_, at::IntArrayRef stride, int64_t groups,
+    std::array<bool, 3> mask) {
+  Geometry g = make_geometry(input_, weight_, positions_, stride, groups);
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor grad_out = grad_out_.to(input.scalar_type()).contiguous();
+  const at::Tensor weight = weight_.to(input.scalar_type()).contiguous();
+  const at::ScalarType acc = math_type(input.scalar_type());
+  const at::Tensor positions = positions_.to(acc).contiguous();
+  const bool need_x = mask[0], need_w = mask[1], need_pos = mask[2];
+  at::Tensor grad_x, grad_w, grad_pos;
+
+  if (is_depthwise(g)) {
+    // sums: (C, K, 3) of (d/dw, w * d/dalpha, w * d/dbeta), each reduced in a fixed order.
+    auto [gx, sums] = Backend::depthwise_backward(grad_out, input, weight, positions, g, need_x,
+                                                  need_w || need_pos);
+    grad_x = gx;
+    if (need_w) grad_w = sums.select(2, 0).reshape({g.c_out, 1, g.synapses});
+    if (need_pos) {
+      const int64_t per_set = g.c_out / g.sets;
+      const at::Tensor slopes = sums.narrow(2, 1, 2).reshape({g.sets, per_set, g.synapses * 2});
+      grad_pos = Backend::reduce_rows(slopes.transpose(0, 1).reshape({per_set, -1}))
+                     .view({g.sets, g.synapses, 2});
+    }
+  } else {
+    const int64_t per_unit = g.c_out / g.units;
+    const int64_t rows = g.c_per_group * g.synapses;
+    const int64_t pixels = g.out_h * g.out_w;
+    const at::Tensor w = weight.view({g.units, per_unit, rows});
+    const at::Tensor w_t = w.transpose(1, 2);
+    if (need_x) grad_x = at::empty_like(input);
+    at::Tensor gw_acc = need_w ? at::zeros({g.units, per_unit, rows}, input.options().dtype(acc))
+                               : at::Tensor();
+    at::Tensor pos_acc = need_pos ? at::zeros({g.sets * g.synapses * 2}, input.options().dtype(acc))
+                                  : at::Tensor();
+    const int64_t chunk = Backend::columns_chunk(g);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const int64_t nb = std::min(chunk, g.batch - n0);
+      Geometry gc = g;
+      gc.batch = nb;
+      const at::Tensor x = input.narrow(0, n0, nb);
+      // (U, per_unit, nb * HWo): the output gradient in the columns' layout.
+      const at::Tensor go = grad_out.narrow(0, n0, nb)
+                                .view({nb, g.c_out, pixels})
+                                .transpose(0, 1)
+                                .contiguous()
+                                .view({g.units, per_unit, nb * pixels});
+      if (need_w) {
+        at::Tensor cols = at::empty({g.units, rows, nb * pixels}, input.options());
+        Backend::im2col(x, positions, cols, gc);
+        gw_acc.add_(at::bmm(go, cols.transpose(1, 2)).to(acc));
+      }
+      if (need_x || need_pos) {
+        const at::Tensor gcols = at::bmm(w_t, go);  // (U, rows, nb * HWo)
+        if (need_x) {
+          at::Tensor gx = grad_x.narrow(0, n0, nb);
+          Backend::col2im(gcols, positions, gx, gc);
+        }
+        if (need_pos) {
+          at::Tensor partial = Backend::position_partials(gcols, x, positions, gc);
+          pos_acc.add_(Backend::reduce_rows(partial));
+        }
+      }
+    }
+    if (need_w) grad_w = gw_acc.view({g.c_out, g.c_per_group, g.synapses});
+    if (need_pos) grad_pos = pos_acc.view({g.sets, g.synapses, 2});
+  }
+  // Gradients not asked for come back as empty tensors: the schema returns three Tensors.
+  grad_x = grad_x.defined() ? grad_x : at::empty({0}, input_.options());
+  grad_w = grad_w.defined() ? grad_w.to(weight_.scalar_type()) : at::empty({0}, weight_.options());
+  grad_pos = grad_pos.defined() ? grad_pos.to(positions_.scalar_type())
+                                : at::empty({0}, positions_.options());
+  return {grad_x, grad_w, grad_pos};
+}
+
+}  // namespace acu

@@ -1,0 +1,15 @@
+// The ACU's operator schemas. Kernels are registered beside their code (acu_cpu.cpp,
+// acu_cuda.cu); autograd and the fake (meta) kernels are registered from Python
+// (acuzoo/ops/native.py), where torch.library keeps them next to the wrapper.
+#include <torch/library.h>
+
+TORCH_LIBRARY(acuzoo, m) {
+  // Output (N, C_out, (H - 1) // s_h + 1, (W - 1) // s_w + 1); see DESIGN.md for the sampling.
+  m.def(
+      "active_conv2d(Tensor input, Tensor weight, Tensor positions, Tensor? bias, "
+      "int[2] stride, int groups) -> Tensor");
+  // (grad_input, grad_weight, grad_positions); a gradient not asked for is an empty tensor.
+  m.def(
+      "active_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, "
+      "int[2] stride, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,302 @@
+"""The bundled native extension: C++ (CPU) and CUDA kernels of the ACU (acuzoo/ops/csrc).
+
+Nothing is compiled at ``import acuzoo``. The extension is built on first use, just in
+time, with ``torch.utils.cpp_extension.load`` and cached under
+``~/.cache/acuzoo/native/<name>`` (``$ACUZOO_CACHE_DIR`` overrides the root), the name
+keyed by a hash of the sources, the compiler flags, the torch and Python versions: a
+second process, or a second test session, loads the cached library in a second.
+
+Build ahead of time (one command; also what CI runs)::
+
+    python -m acuzoo.ops.native --build            # CUDA kernels too if nvcc and a GPU are found
+    python -m acuzoo.ops.native --build --cpu-only # C++ kernels only, no nvcc needed
+    python -m acuzoo.ops.native --build --cuda     # insist on the CUDA kernels
+
+Variants: ``cuda`` (C++ and CUDA kernels; needs nvcc and a CUDA build of torch, but no
+GPU, neither to build nor to load) and ``cpu`` (C++ kernels only). One process loads one
+variant, the first one asked for; the default is ``cuda`` where nvcc and a GPU are
+found, else ``cpu``. A machine without a compiler, without nvcc (for CUDA tensors) or where the build
+fails gets ``native_available(...) == False`` and one log line saying why; the PyTorch
+paths of the operator then serve.
+
+Environment: ``ACUZOO_NATIVE=0`` turns the extension off; ``ACUZOO_NATIVE_VARIANT=cpu|cuda``
+picks the variant; ``ACUZOO_CUDA_ARCH`` sets ``TORCH_CUDA_ARCH_LIST`` for the build (default
+``9.0``: H100/H200, as no GPU may be there to detect); ``MAX_JOBS`` bounds the parallel
+compile jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CSRC = Path(__file__).with_name("csrc")
+_CPU_SOURCES = ("acu_ops.cpp", "acu_cpu.cpp")
+_CUDA_SOURCES = ("acu_cuda.cu",)
+_HEADERS = ("acu_math.h", "acu_driver.h")
+VARIANTS = ("cpu", "cuda")
+DEFAULT_CUDA_ARCH = "9.0"
+
+_lock = threading.Lock()
+_loaded: str | None = None  # the variant loaded in this process
+_failed: dict[str, str] = {}  # variant -> why it could not be built or loaded
+_warned: set[str] = set()
+
+
+def cache_root() -> Path:
+    """Where built libraries are kept (per user)."""
+    root = os.environ.get("ACUZOO_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "acuzoo" / "native"
+
+
+def _cuda_home() -> str | None:
+    """The CUDA toolkit torch's extension builder will use, corrected where it guessed wrong.
+
+    Without CUDA_HOME, torch takes the folder above the first ``nvcc`` on PATH; a wrapper
+    script such as /usr/local/bin/nvcc then yields /usr/local, which has no CUDA headers.
+    Where that happens and /usr/local/cuda is a toolkit, use it.
+    """
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    if home and not Path(home, "include", "cuda_runtime.h").exists():
+        fallback = Path("/usr/local/cuda")
+        if not os.environ.get("CUDA_HOME") and (fallback / "include" / "cuda_runtime.h").exists():
+            home = str(fallback)
+            cpp_extension.CUDA_HOME = home
+    return home
+
+
+def nvcc_path() -> str | None:
+    """nvcc of the CUDA toolkit (CUDA_HOME, as torch's extension builder finds it), or None."""
+    if torch.version.cuda is None:
+        return None
+    home = _cuda_home()
+    candidate = Path(home, "bin", "nvcc") if home else None
+    if candidate is not None and candidate.exists():
+        return str(candidate)
+    return None
+
+
+def default_variant() -> str:
+    """``$ACUZOO_NATIVE_VARIANT``, else ``cuda`` where nvcc and a GPU are found, else ``cpu``.
+
+    Without a GPU the CUDA kernels could not run, so the quicker C++-only build serves.
+    """
+    forced = os.environ.get("ACUZOO_NATIVE_VARIANT")
+    if forced:
+        if forced not in VARIANTS:
+            raise ValueError(f"ACUZOO_NATIVE_VARIANT must be one of {VARIANTS}, got {forced!r}")
+        return forced
+    return "cuda" if torch.cuda.is_available() and nvcc_path() else "cpu"
+
+
+def _cpu_flags() -> list[str]:
+    flags = ["-O3", "-fopenmp-simd"]
+    # The JIT build is for this machine: use its vector units when it has them.
+    if platform.machine() in ("x86_64", "AMD64"):
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+        words = set(cpuinfo.split())
+        if {"avx2", "fma"} <= words:
+            flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def _cuda_flags() -> list[str]:
+    return ["-O3", "-lineinfo"]
+
+
+def _cuda_arch() -> str:
+    return os.environ.get("ACUZOO_CUDA_ARCH", DEFAULT_CUDA_ARCH)
+
+
+def build_name(variant: str) -> str:
+    """Library name, unique per sources, flags, arch list, torch and Python version."""
+    digest = hashlib.sha256()
+    files = _CPU_SOURCES + _HEADERS + (_CUDA_SOURCES if variant == "cuda" else ())
+    for name in files:
+        digest.update(name.encode())
+        digest.update((CSRC / name).read_bytes())
+    key = [torch.__version__, sys.version, variant, *_cpu_flags()]
+    if variant == "cuda":
+        key += [_cuda_arch(), *_cuda_flags(), str(torch.version.cuda)]
+    digest.update(repr(key).encode())
+    return f"acuzoo_native_{variant}_{digest.hexdigest()[:16]}"
+
+
+def _compile_and_load(variant: str, verbose: bool) -> None:
+    from torch.utils import cpp_extension
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        raise RuntimeError("no C++ compiler found (c++ or $CXX)")
+    sources = [str(CSRC / s) for s in _CPU_SOURCES]
+    kwargs: dict = {}
+    if variant == "cuda":
+        if nvcc_path() is None:
+            raise RuntimeError(
+                "nvcc not found (CUDA_HOME unset or torch is not a CUDA build); the CUDA kernels need it"
+            )
+        sources += [str(CSRC / s) for s in _CUDA_SOURCES]
+        kwargs["extra_cuda_cflags"] = _cuda_flags()
+    name = build_name(variant)
+    build_dir = cache_root() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch()
+    try:
+        cpp_extension.load(
+            name=name,
+            sources=sources,
+            extra_cflags=_cpu_flags(),
+            build_directory=str(build_dir),
+            with_cuda=variant == "cuda",
+            is_python_module=False,
+            verbose=verbose,
+            **kwargs,
+        )
+    finally:
+        if saved_arch is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = saved_arch
+
+
+def load(variant: str | None = None, verbose: bool = False) -> str | None:
+    """Build (or reuse the cache) and load the extension; the loaded variant, or None.
+
+    A process holds one variant: once one is loaded, it is returned whatever is asked.
+    Failures are logged once (a warning with the reason) and remembered.
+    """
+    global _loaded
+    with _lock:
+        if _loaded is not None:
+            return _loaded
+        if os.environ.get("ACUZOO_NATIVE", "1") == "0":
+            _warn_once("off", "acuzoo native extension disabled by ACUZOO_NATIVE=0; using PyTorch paths")
+            return None
+        variant = variant or default_variant()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if variant in _failed:
+            return None
+        try:
+            _compile_and_load(variant, verbose)
+        except Exception as exc:  # noqa: BLE001 - any build failure means: use the fallback
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            _failed[variant] = reason
+            _warn_once(
+                variant,
+                f"acuzoo native extension ({variant}) unavailable, using PyTorch paths: {reason}",
+            )
+            return None
+        from . import native_registration
+
+        native_registration.register()
+        _loaded = variant
+        return _loaded
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def native_available(device: torch.device | str) -> bool:
+    """Whether the native kernels serve tensors on ``device`` (builds/loads on first call).
+
+    CPU: any loaded variant. CUDA: the ``cuda`` variant and a visible GPU.
+    """
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        return False
+    loaded = load()
+    if loaded is None:
+        return False
+    if device.type == "cpu":
+        return True
+    if loaded != "cuda":
+        _warn_once(
+            "cuda-missing",
+            "acuzoo native extension was built without CUDA kernels "
+            f"({_failed.get('cuda', 'nvcc not found')}); CUDA tensors use PyTorch paths",
+        )
+        return False
+    return torch.cuda.is_available()
+
+
+def supported_dtype(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """float32/float64 on the CPU; also float16/bfloat16 on CUDA (fp32 accumulation)."""
+    if torch.device(device).type == "cuda":
+        return dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    return dtype in (torch.float32, torch.float64)
+
+
+def native_active_conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    positions: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """The ACU through the native kernels (arguments already checked by the caller).
+
+    Differentiable in input, weight, positions and bias. Weight and bias are cast to the
+    input's dtype (autocast: fp16/bf16 input with fp32 parameters); positions stay in their
+    own dtype (float32/float64) and the kernels compute taps and accumulate in fp32 (fp64
+    for float64 input). Input may be channels_last or non-contiguous: it is made contiguous.
+    """
+    # The global test keeps torch.compile out of load()'s lock once the library is in.
+    if _loaded is None and load() is None:
+        raise RuntimeError("acuzoo native extension is not available; see the log for why")
+    if isinstance(stride, int):
+        stride = (stride, stride)
+    weight = weight.to(input.dtype)
+    if bias is not None:
+        bias = bias.to(input.dtype)
+    return torch.ops.acuzoo.active_conv2d(input, weight, positions, bias, list(stride), groups)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m acuzoo.ops.native", description=__doc__.split("\n")[0])
+    parser.add_argument("--build", action="store_true", help="build (or reuse) the extension and load it")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--cuda", action="store_true", help="build the CUDA kernels too (needs nvcc)")
+    choice.add_argument("--cpu-only", action="store_true", help="build the C++ kernels only")
+    parser.add_argument("--verbose", action="store_true", help="show the compiler's output")
+    args = parser.parse_args(argv)
+    if not args.build:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    variant = "cuda" if args.cuda else "cpu" if args.cpu_only else None
+    loaded = load(variant, verbose=args.verbose)
+    if loaded is None or (variant is not None and loaded != variant):
+        print(f"acuzoo native extension: build failed ({_failed})", file=sys.stderr)
+        return 1
+    for name in ("active_conv2d", "active_conv2d_backward"):
+        keys = [
+            k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(f"acuzoo::{name}", k)
+        ]
+        print(f"op acuzoo::{name} kernels={','.join(keys)}")
+    print(f"acuzoo native extension: variant={loaded} cache={cache_root() / build_name(loaded)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
