@@ -61,7 +61,7 @@ class ImageClassifier(pl.LightningModule):
         no_weight_decay_norm_bias: bool = False,
         schedule: Schedule = "multistep",
         schedule_interval: Literal["step", "epoch"] = "step",
-        milestones: list[int] | None = None,
+        milestones: tuple[int, ...] = (32000, 48000),
         gamma: float = 0.1,
         schedule_length: int | None = None,
     ) -> None:

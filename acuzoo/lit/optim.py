@@ -51,7 +51,7 @@ class LinearDecay:
 def build_schedule(
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
-    milestones: list[int] | None = None,
+    milestones: tuple[int, ...] | list[int] | None = None,
     gamma: float = 0.1,
     length: int | None = None,
 ) -> LRScheduler:

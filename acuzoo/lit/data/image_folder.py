@@ -86,6 +86,8 @@ class ImageFolderData(ClassificationData):
         self._folder("val")
 
     def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate"):
+            self.prepare_data()  # both folders, before reading either
         config = {"mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD}
         config.update(self.model_data_config())
         channels, size = self.input_shape(3, 224)

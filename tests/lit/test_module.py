@@ -1,0 +1,127 @@
+"""ImageClassifier: builds timm models by name, primitive hyperparameters, the paper's optimizer
+groups and schedules, ACU-Fixed starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acuzoo.lit import ImageClassifier
+from acuzoo.lit.optim import LinearDecay, build_schedule, parameter_groups
+from acuzoo.nn import ActiveConv2d, position_parameters
+
+PRIMITIVES = (int, float, str, bool, type(None))
+
+
+def is_primitive(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(is_primitive(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_primitive(v) for k, v in value.items())
+    return isinstance(value, PRIMITIVES)
+
+
+def first_weight(module: ImageClassifier) -> torch.Tensor:
+    return next(p for n, p in module.model.named_parameters() if n.endswith("weight"))
+
+
+def test_builds_an_acuzoo_model_by_its_timm_name():
+    module = ImageClassifier("cifar_resnet29_acu", num_classes=10)
+    assert any(isinstance(m, ActiveConv2d) for m in module.modules())
+    assert module(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_converts_a_timm_model_to_depthwise_acus_when_asked():
+    module = ImageClassifier("mobilenetv2_035", num_classes=4, in_chans=1, convert_to_acu=True)
+    acus = [m for m in module.modules() if isinstance(m, ActiveConv2d)]
+    assert acus and all(m.groups == m.in_channels == m.position_groups for m in acus)
+    assert module(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'no_such_net'"):
+        ImageClassifier("no_such_net")
+
+
+def test_hyperparameters_are_primitive_values():
+    module = ImageClassifier("cifar_resnet29_acu", milestones=[32000, 48000], model_kwargs={"drop_rate": 0.1})
+    assert list(module.hparams["milestones"]) == [32000, 48000]
+    assert all(is_primitive(v) for v in module.hparams.values())
+
+
+def test_data_config_carries_the_requested_channels_and_input_size():
+    module = ImageClassifier("mobilenetv2_035", in_chans=1, input_size=32)
+    assert module.data_config["input_size"] == (1, 32, 32)
+
+
+def test_positions_never_get_weight_decay_and_norm_bias_only_when_asked():
+    module = ImageClassifier("cifar_resnet29_acu")
+    model = module.model
+    ids = {id(p) for p in position_parameters(model)}
+    for no_norm_bias in (False, True):
+        groups = {g["name"]: g for g in parameter_groups(model, 5e-4, no_norm_bias)}
+        assert {id(p) for p in groups["positions"]["params"]} == ids
+        assert groups["positions"]["weight_decay"] == 0.0
+        decayed_1d = [p for p in groups["decay"]["params"] if p.ndim <= 1]
+        assert (not decayed_1d) == no_norm_bias
+        assert ("no_decay" in groups) == no_norm_bias
+
+
+def test_optimizer_is_nesterov_sgd_with_the_recipe_values():
+    module = ImageClassifier("cifar_resnet29_acu", lr=0.1, weight_decay=5e-4, milestones=[32000, 48000])
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert all(g["nesterov"] and g["momentum"] == 0.9 and g["lr"] == 0.1 for g in optimizer.param_groups)
+    assert config["lr_scheduler"]["interval"] == "step"
+    assert dict(scheduler["scheduler"].milestones) == {32000: 1, 48000: 1}
+
+
+def test_multistep_schedule_divides_by_ten_at_each_milestone():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = build_schedule(optimizer, "multistep", [3, 5], 0.1)
+    lrs = []
+    for _ in range(6):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_linear_decay_goes_from_the_base_lr_to_zero_over_its_length():
+    decay = LinearDecay(60)
+    assert decay(0) == 1.0 and decay(30) == 0.5 and decay(60) == 0.0 and decay(70) == 0.0
+
+
+def test_acu_fixed_takes_positions_from_a_checkpoint_reinitialises_weights_and_freezes(tmp_path):
+    trained = ImageClassifier("cifar_resnet29_acu")
+    with torch.no_grad():
+        for p in position_parameters(trained):
+            p.add_(0.3)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": trained.state_dict()}, path)
+
+    torch.manual_seed(123)
+    fixed = ImageClassifier("cifar_resnet29_acu", init_positions_from=str(path), freeze_positions=True)
+    for a, b in zip(position_parameters(trained), position_parameters(fixed)):
+        assert torch.equal(a, b) and not b.requires_grad
+    assert not torch.equal(first_weight(trained), first_weight(fixed))
+    optimized = {id(p) for g in fixed.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in position_parameters(fixed)}
+
+
+def test_positions_from_a_checkpoint_of_another_model_are_refused(tmp_path):
+    path = tmp_path / "conv.ckpt"
+    torch.save({"state_dict": ImageClassifier("cifar_resnet29_conv3").state_dict()}, path)
+    with pytest.raises(KeyError, match="no positions for ACU layer"):
+        ImageClassifier("cifar_resnet29_acu", init_positions_from=str(path))
+
+
+def test_fine_tuning_start_copies_matching_weights_and_keeps_a_new_head(tmp_path):
+    source = ImageClassifier("cifar_resnet29_acu", num_classes=10)
+    path = tmp_path / "source.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    target = ImageClassifier("cifar_resnet29_acu", num_classes=3, init_weights_from=str(path))
+    assert torch.equal(first_weight(source), first_weight(target))
+    assert target(torch.randn(1, 3, 32, 32)).shape == (1, 3)
