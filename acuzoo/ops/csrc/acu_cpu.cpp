@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "acu_driver.h"
@@ -114,6 +115,146 @@ Read3<T> synapse_backward(const T* g, const T* x, T* gx, const PlaneShape& s,
   return res;
 }
 
+// ---- stride 1: zero-padded planes, one flat loop per tap ------------------------------
+// With stride 1 a tap (dr, dc) reads x[m + dr, n + dc]. On a zero-padded copy of the plane
+// of width wp, that is xpad[q + offset] for q = m * wp + n: one contiguous loop over the
+// whole plane instead of one short loop per row, which is what makes 7x7 and 14x14 planes
+// fast. The columns n >= out_w of each padded row are scratch: never copied out, and the
+// output gradient is zero there, so they add nothing to dots and scatters.
+
+struct PadBox {
+  int top, left, hp, wp;
+};
+
+// Padding that holds every tap of K synapses; taps that miss the plane entirely
+// (|d| >= size) are skipped by the loops, so the padding stays under one plane size.
+template <typename T>
+PadBox pad_box(const AxisTaps<T>* taps, int64_t K, const PlaneShape& s) {
+  int rmin = 0, rmax = 0, cmin = 0, cmax = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const AxisTaps<T>& ta = taps[2 * k];
+    const AxisTaps<T>& tb = taps[2 * k + 1];
+    for (int i = 0; i < ta.count; ++i) {
+      const int d = ta.first + i;
+      if (d > -s.h && d < s.h) rmin = std::min(rmin, d), rmax = std::max(rmax, d);
+    }
+    for (int j = 0; j < tb.count; ++j) {
+      const int d = tb.first + j;
+      if (d > -s.w && d < s.w) cmin = std::min(cmin, d), cmax = std::max(cmax, d);
+    }
+  }
+  return {-rmin, -cmin, s.h - rmin + rmax, s.w - cmin + cmax};
+}
+
+template <typename T>
+void pad_into(const T* x, const PlaneShape& s, const PadBox& b, std::vector<T>& buf) {
+  buf.assign(static_cast<size_t>(b.hp) * b.wp, T(0));
+  for (int r = 0; r < s.h; ++r) {
+    std::copy(x + static_cast<int64_t>(r) * s.w, x + static_cast<int64_t>(r + 1) * s.w,
+              buf.data() + static_cast<int64_t>(r + b.top) * b.wp + b.left);
+  }
+}
+
+inline bool tap_hits(int d, int size) { return d > -size && d < size; }
+
+template <typename T>
+void flat_forward(const T* x, T* out, const PlaneShape& s, const AxisTaps<T>* taps, int64_t K,
+                  const T* w, T bias, std::vector<T>& xpad, std::vector<T>& acc) {
+  const PadBox b = pad_box(taps, K, s);
+  pad_into(x, s, b, xpad);
+  const int64_t len = static_cast<int64_t>(s.out_h - 1) * b.wp + s.out_w;
+  acc.assign(static_cast<size_t>(s.out_h) * b.wp, bias);
+  T* o = acc.data();
+  for (int64_t k = 0; k < K; ++k) {
+    const AxisTaps<T>& ta = taps[2 * k];
+    const AxisTaps<T>& tb = taps[2 * k + 1];
+    for (int i = 0; i < ta.count; ++i) {
+      const int dr = ta.first + i;
+      if (ta.value[i] == T(0) || !tap_hits(dr, s.h)) continue;
+      for (int j = 0; j < tb.count; ++j) {
+        const int dc = tb.first + j;
+        if (tb.value[j] == T(0) || !tap_hits(dc, s.w)) continue;
+        const T coef = w[k] * ta.value[i] * tb.value[j];
+        const T* xs = xpad.data() + static_cast<int64_t>(b.top + dr) * b.wp + b.left + dc;
+#pragma omp simd
+        for (int64_t q = 0; q < len; ++q) o[q] += coef * xs[q];
+      }
+    }
+  }
+  for (int m = 0; m < s.out_h; ++m) {
+    std::copy(o + static_cast<int64_t>(m) * b.wp, o + static_cast<int64_t>(m) * b.wp + s.out_w,
+              out + static_cast<int64_t>(m) * s.out_w);
+  }
+}
+
+// Backward of one plane's K synapses (weights w): input gradient into gx (if given), and
+// per synapse (d/dw, w * d/dalpha, w * d/dbeta) into sums[3 * k ...].
+template <typename T>
+void flat_backward(const T* g, const T* x, T* gx, const PlaneShape& s, const AxisTaps<T>* taps,
+                   int64_t K, const T* w, bool want_dots, T* sums, std::vector<T>& xpad,
+                   std::vector<T>& gpad, std::vector<T>& gxpad) {
+  const PadBox b = pad_box(taps, K, s);
+  pad_into(x, s, b, xpad);
+  gpad.assign(static_cast<size_t>(s.out_h) * b.wp, T(0));
+  for (int m = 0; m < s.out_h; ++m) {
+    std::copy(g + static_cast<int64_t>(m) * s.out_w, g + static_cast<int64_t>(m + 1) * s.out_w,
+              gpad.data() + static_cast<int64_t>(m) * b.wp);
+  }
+  if (gx) gxpad.assign(static_cast<size_t>(b.hp) * b.wp, T(0));
+  const int64_t len = static_cast<int64_t>(s.out_h - 1) * b.wp + s.out_w;
+  const T* gp = gpad.data();
+  for (int64_t k = 0; k < K; ++k) {
+    const AxisTaps<T>& ta = taps[2 * k];
+    const AxisTaps<T>& tb = taps[2 * k + 1];
+    Read3<T> res{T(0), T(0), T(0)};
+    for (int i = 0; i < ta.count; ++i) {
+      const int dr = ta.first + i;
+      if (!tap_hits(dr, s.h)) continue;
+      for (int j = 0; j < tb.count; ++j) {
+        const int dc = tb.first + j;
+        if (!tap_hits(dc, s.w)) continue;
+        const T cv = ta.value[i] * tb.value[j];
+        const T ca = ta.slope[i] * tb.value[j];
+        const T cb = ta.value[i] * tb.slope[j];
+        const bool dot = want_dots && (cv != T(0) || ca != T(0) || cb != T(0));
+        const bool scatter = gx != nullptr && cv != T(0);
+        const int64_t off = static_cast<int64_t>(b.top + dr) * b.wp + b.left + dc;
+        const T coef = w[k] * cv;
+        T d = T(0);
+        if (dot && scatter) {
+          const T* xs = xpad.data() + off;
+          T* gs = gxpad.data() + off;
+#pragma omp simd reduction(+ : d)
+          for (int64_t q = 0; q < len; ++q) {
+            d += gp[q] * xs[q];
+            gs[q] += coef * gp[q];
+          }
+        } else if (dot) {
+          const T* xs = xpad.data() + off;
+#pragma omp simd reduction(+ : d)
+          for (int64_t q = 0; q < len; ++q) d += gp[q] * xs[q];
+        } else if (scatter) {
+          T* gs = gxpad.data() + off;
+#pragma omp simd
+          for (int64_t q = 0; q < len; ++q) gs[q] += coef * gp[q];
+        }
+        res.value += cv * d;
+        res.d_alpha += ca * d;
+        res.d_beta += cb * d;
+      }
+    }
+    sums[3 * k] = res.value;
+    sums[3 * k + 1] = w[k] * res.d_alpha;
+    sums[3 * k + 2] = w[k] * res.d_beta;
+  }
+  if (gx) {
+    for (int r = 0; r < s.h; ++r) {
+      const T* src = gxpad.data() + static_cast<int64_t>(r + b.top) * b.wp + b.left;
+      std::copy(src, src + s.w, gx + static_cast<int64_t>(r) * s.w);
+    }
+  }
+}
+
 struct CpuBackend {
   static int64_t columns_chunk(const Geometry&) { return 1; }  // one sample's columns at a time
 
@@ -130,10 +271,17 @@ struct CpuBackend {
       scalar_t* y = out.mutable_data_ptr<scalar_t>();
       const int64_t C = g.c_in, K = g.synapses, per_set = g.c_out / g.sets;
       const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
+      const bool flat = s.sh == 1 && s.sw == 1;
       at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> xpad, acc;
         for (int64_t idx = begin; idx < end; ++idx) {
           const int64_t c = idx % C, p = c / per_set;
           scalar_t* o = y + idx * out_plane;
+          if (flat) {
+            flat_forward(x + idx * in_plane, o, s, &taps[2 * p * K], K, w + c * K,
+                         b ? b[c] : scalar_t(0), xpad, acc);
+            continue;
+          }
           std::fill(o, o + out_plane, b ? b[c] : scalar_t(0));
           for (int64_t k = 0; k < K; ++k) {
             sample_add(x + idx * in_plane, o, s, taps[2 * (p * K + k)], taps[2 * (p * K + k) + 1],
@@ -161,9 +309,17 @@ struct CpuBackend {
       scalar_t* part = partial.mutable_data_ptr<scalar_t>();
       const int64_t per_set = g.c_out / g.sets;
       const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
+      const bool flat = s.sh == 1 && s.sw == 1;
       at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> xpad, gpad, gxpad;
         for (int64_t idx = begin; idx < end; ++idx) {
           const int64_t c = idx % C, p = c / per_set;
+          if (flat) {
+            flat_backward(go + idx * out_plane, x + idx * in_plane, gxp ? gxp + idx * in_plane : nullptr,
+                          s, &taps[2 * p * K], K, w + c * K, need_sums, part + idx * K * 3, xpad, gpad,
+                          gxpad);
+            continue;
+          }
           for (int64_t k = 0; k < K; ++k) {
             const scalar_t wk = w[c * K + k];
             const Read3<scalar_t> r = synapse_backward(
