@@ -11,7 +11,6 @@ conv (3x3, 5x5, 7x7, dilated) or an ACU, grouped or not, with one shared positio
 post-activation ResNeXt of Table 9 (``cifar_resnext.py``) reuses it.
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial

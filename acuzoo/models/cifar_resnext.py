@@ -11,7 +11,6 @@ block; the parameter counts pin down the stem width and the projection shortcut 
 tests/models/test_cifar_paper_parity.py).
 """
 
-from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
