@@ -7,17 +7,16 @@ shortcut where the shape changes, a final BN-ReLU, global average pooling and a 
 
 One class builds every row of Tables 1, 2, 3 and 5: the block's spatial conv is an ordinary
 conv (3x3, 5x5, 7x7, dilated) or an ACU, grouped or not, with one shared position set
-(P = 1) or one per conv group (P = groups). ``CifarResNet`` also takes the block class, so the
-post-activation ResNeXt of Table 9 (``cifar_resnext.py``) reuses it.
+(P = 1) or one per conv group (P = groups). The ResNeXt of Table 9 (``cifar_resnext.py``) is
+the same network, wider and grouped.
 """
-
 
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import BatchNormAct2d, ClassifierHead, ConvNormAct, get_device_dtype, register_notrace_module
+from timm.layers import BatchNormAct2d, ClassifierHead, get_device_dtype, register_notrace_module
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
 from torch import nn
@@ -64,8 +63,6 @@ class PreActBottleneck(nn.Module):
 
     The projection shortcut reads the pre-activated input, as in the pre-activation paper.
     """
-
-    preact = True  # the model adds the final BN-ReLU the last block leaves out
 
     def __init__(
         self,
@@ -118,8 +115,6 @@ class CifarResNet(nn.Module):
         conv_type: 'conv' or 'acu' for the spatial convs.
         kernel_size: spatial kernel (the ACU's initial grid).
         position_groups: the ACU's position sets P; None = one per conv group, 1 = shared.
-        block_fn: block class; its ``preact`` attribute says whether the network is
-            pre-activation (plain stem conv, final BN-ReLU) or post-activation (stem BN-ReLU).
         stem_width: output channels of the 3x3 stem conv.
         num_classes: classifier outputs; 0 gives pooled features.
         in_chans: input channels.
@@ -137,7 +132,6 @@ class CifarResNet(nn.Module):
         conv_type: str = "conv",
         kernel_size: int = 3,
         position_groups: int | None = None,
-        block_fn: type[nn.Module] = PreActBottleneck,
         stem_width: int = 64,
         num_classes: int = 10,
         in_chans: int = 3,
@@ -161,9 +155,9 @@ class CifarResNet(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
-        preact = block_fn.preact
 
-        self.stem = ConvNormAct(in_chans, stem_width, 3, apply_norm=not preact, apply_act=not preact, **dd)
+        # Pre-activation: the first block's BN-ReLU follows the stem conv.
+        self.stem = nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False, **dd)
         self.feature_info = [dict(num_chs=stem_width, reduction=1, module="stem")]
         spatial_layer = partial(
             create_spatial_conv, kernel_size=kernel_size, conv_type=conv_type, position_groups=position_groups
@@ -175,7 +169,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for j in range(depth):
                 blocks.append(
-                    block_fn(
+                    PreActBottleneck(
                         prev_chs,
                         out_chs,
                         mid_chs,
@@ -192,7 +186,7 @@ class CifarResNet(nn.Module):
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = prev_chs
-        self.norm = BatchNormAct2d(prev_chs, **dd) if preact else nn.Identity()
+        self.norm = BatchNormAct2d(prev_chs, **dd)  # the last block leaves its output un-normalized
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
         self.init_weights()
@@ -332,7 +326,7 @@ def cifar_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
         "interpolation": "bilinear",
         "mean": (0.4914, 0.4822, 0.4465),
         "std": (0.2470, 0.2435, 0.2616),
-        "first_conv": "stem.conv",
+        "first_conv": "stem",
         "classifier": "head.fc",
         "license": "mit",
         "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",

@@ -86,7 +86,7 @@ def test_pretrained_cfg_is_complete_and_tagged_cifar10(name):
     assert cfg["input_size"] == (3, 32, 32) and cfg["pool_size"] == (8, 8)
     assert cfg["crop_pct"] == 1.0 and cfg["interpolation"] == "bilinear"
     assert (cfg["mean"], cfg["std"]) == (CIFAR10_MEAN, CIFAR10_STD)
-    assert (cfg["first_conv"], cfg["classifier"], cfg["license"]) == ("stem.conv", "head.fc", "mit")
+    assert (cfg["first_conv"], cfg["classifier"], cfg["license"]) == ("stem", "head.fc", "mit")
 
 
 def test_cfg_first_conv_and_classifier_name_real_weights(base):
@@ -121,7 +121,7 @@ def test_empty_global_pool_returns_the_feature_map():
 
 def test_in_chans_one_takes_grayscale_images():
     model = timm.create_model("cifar_resnet29_conv3", in_chans=1).eval()
-    assert model.stem.conv.in_channels == 1
+    assert model.stem.in_channels == 1
     with torch.no_grad():
         assert model(images(chans=1)).shape == (2, 10)
 
@@ -285,7 +285,7 @@ def test_grad_checkpointing_keeps_output_and_gradients():
         model.set_grad_checkpointing(enable)
         out = model(x)
         out.square().mean().backward()
-        results.append((out.detach(), model.stem.conv.weight.grad.clone()))
+        results.append((out.detach(), model.stem.weight.grad.clone()))
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
 
@@ -296,7 +296,7 @@ def test_group_matcher_orders_stem_then_each_block_then_head(base):
     groups = group_parameters(base, base.group_matcher(coarse=False))
     ordered = [groups[k] for k in sorted(groups)]
     assert sorted(n for group in ordered for n in group) == sorted(n for n, _ in base.named_parameters())
-    assert ordered[0] == ["stem.conv.weight"]
+    assert ordered[0] == ["stem.weight"]
     assert ordered[-1] == ["head.fc.weight", "head.fc.bias"]
     blocks = [
         {".".join(n.split(".")[:3]) for n in group if n.startswith("stages.")} for group in ordered[1:-1]

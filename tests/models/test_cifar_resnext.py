@@ -1,11 +1,11 @@
-"""The CIFAR ResNeXt family (Table 9): post-activation ResNeXt-29 8x64d and the depthwise
-ACU-29 / ACU-47, registered in timm, fusing and exporting like the ResNet-29 family.
+"""The CIFAR ResNeXt family (Table 9): ResNeXt-29 8x64d and the depthwise ACU-29 / ACU-47,
+registered in timm, fusing and exporting like the ResNet-29 family.
 
 These models are large for a CPU test (16-34M parameters), so what depends only on the
-structure runs on the meta device, forward runs once per model at batch 1, and the timm API
-(one class with ``cifar_resnet.py``, tested there) is checked only where the post-activation
-block changes it: stem, final norm, features. Fusion runs on both ACU models; TorchScript and
-ONNX export on ACU-29, the one post-activation ACU block type (ACU-47 only stacks more of it).
+structure runs on the meta device and forward runs once per model at batch 1. The timm API is
+one class with the ResNet-29 family (``CifarResNet``) and is tested there; here only what the
+ResNeXt widths change (features, head width). Fusion runs on both ACU models; TorchScript and
+ONNX export on ACU-29 (ACU-47 only stacks more of the same blocks).
 """
 
 import copy
@@ -20,7 +20,7 @@ from torch import nn
 
 import acuzoo
 import acuzoo.nn.active_conv as active_conv_module
-from acuzoo.models.cifar_resnext import Bottleneck
+from acuzoo.models.cifar_resnet import PreActBottleneck
 from acuzoo.nn import ActiveConv2d
 from acuzoo.ops import active_conv2d
 
@@ -56,23 +56,22 @@ def test_pretrained_cfg_is_the_cifar10_cfg(name):
     cfg = timm.create_model(name, device="meta").pretrained_cfg
     assert cfg["tag"] == "cifar10" and cfg["url"] == "" and cfg["license"] == "mit"
     assert (cfg["num_classes"], cfg["input_size"], cfg["pool_size"]) == (10, (3, 32, 32), (8, 8))
-    assert (cfg["first_conv"], cfg["classifier"]) == ("stem.conv", "head.fc")
+    assert (cfg["first_conv"], cfg["classifier"]) == ("stem", "head.fc")
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_blocks_are_post_activation_with_a_bn_relu_stem_and_no_final_norm(name):
+def test_blocks_are_the_papers_pre_activation_bottlenecks(name):
+    """Appendix B: pre-activation blocks; a plain stem conv, a final BN-ReLU."""
     model = timm.create_model(name, device="meta")
-    assert all(isinstance(block, Bottleneck) for stage in model.stages for block in stage)
-    assert isinstance(model.stem.bn, nn.BatchNorm2d) and isinstance(model.norm, nn.Identity)
+    assert all(isinstance(block, PreActBottleneck) for stage in model.stages for block in stage)
+    assert isinstance(model.stem, nn.Conv2d) and isinstance(model.norm, nn.BatchNorm2d)
 
 
-def test_projection_shortcut_is_conv_and_bn_only_where_the_shape_changes():
+def test_projection_shortcut_is_a_strided_1x1_conv_only_where_the_shape_changes():
     model = timm.create_model("cifar_resnext29_8x64d", device="meta")
     shortcuts = [[block.downsample for block in stage] for stage in model.stages]
     assert [[s is not None for s in stage] for stage in shortcuts] == [[True, False, False]] * 3
-    first = shortcuts[1][0]
-    assert first.conv.kernel_size == (1, 1) and first.conv.stride == (2, 2)
-    assert isinstance(first.bn, nn.BatchNorm2d)
+    assert [(s[0].kernel_size, s[0].stride) for s in shortcuts] == [((1, 1), (1, 1))] + [((1, 1), (2, 2))] * 2
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,13 +89,6 @@ def test_features_only_returns_stem_and_stage_features():
     with torch.no_grad():
         shapes = [tuple(f.shape) for f in model(image())]
     assert shapes == [(1, 64, 32, 32), (1, 256, 32, 32), (1, 512, 16, 16), (1, 1024, 8, 8)]
-
-
-def test_stem_feature_is_after_the_stem_bn_relu():
-    model = timm.create_model("cifar_resnext29_8x64d", device="meta")
-    taps = model.forward_intermediates(torch.empty(1, 3, 32, 32, device="meta"), indices=[0], stop_early=True)
-    assert taps[1][0].shape == (1, 64, 32, 32)
-    assert model.feature_info[0]["module"] == "stem"
 
 
 def test_num_classes_zero_and_in_chans_one_work():
