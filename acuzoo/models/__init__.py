@@ -34,7 +34,10 @@ def list_models(filter: str | list[str] = "*", include_tags: bool = False) -> li
     names = [n for n in timm_list_models() if _is_zoo_model(n)]
     if include_tags:
         names = [t for t in timm_list_models(names, include_tags=True) if t.split(".")[0] in names]
-    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
+    # A tagged name matches when it or its untagged name does.
+    return sorted(
+        n for n in names if any(fnmatch.fnmatch(m, p) for p in patterns for m in (n, n.split(".")[0]))
+    )
 
 
 def resolve_model_name(name: str) -> str:
