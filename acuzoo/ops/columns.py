@@ -1,12 +1,13 @@
-"""Bilinear-columns path: for few position sets (the shared ACU, P = 1, and small grouped
-ACUs). Each synapse's input is a constant sub-pixel shift of the input, i.e. a weighted
-sum of at most four integer shifts; stacking them gives an im2col-like buffer that one
-1x1 (grouped) convolution contracts. Its cost does not grow with the spread.
+"""Bilinear-columns path: for few position sets with a wide spread. Each synapse's input is
+a constant sub-pixel shift of the input, i.e. a weighted sum of at most four integer
+shifts; stacking them gives an im2col-like buffer that one batched GEMM per unit
+contracts. Its cost does not grow with the spread (the dense kernel's does).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,50 +25,82 @@ def _taps(a: float) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     return [(base, 1.0 - frac), (base + 1, frac)], [(base, -1.0), (base + 1, 1.0)]
 
 
+@dataclass(frozen=True)
+class _Window:
+    """Strided views of a padded tensor: the input each output pixel reads at offset (i, j)."""
+
+    pad: int
+    stride: tuple[int, int]
+    out_hw: tuple[int, int]
+
+    def __call__(self, t: torch.Tensor, c0: int, c1: int, i: int, j: int) -> torch.Tensor:
+        (ho, wo), (sh, sw) = self.out_hw, self.stride
+        r0, q0 = self.pad + i, self.pad + j
+        return t[:, c0:c1, r0 : r0 + (ho - 1) * sh + 1 : sh, q0 : q0 + (wo - 1) * sw + 1 : sw]
+
+
+def _interpolate_into(dst, xp, window: _Window, c0, c1, rows, cols) -> None:
+    """dst = bilinear read at one synapse: a copy on integers, else lerps (columns, then rows)."""
+    if len(rows) == 1 and len(cols) == 1:
+        dst.copy_(window(xp, c0, c1, rows[0][0], cols[0][0]))
+        return
+    if len(rows) == 1:
+        i, ((j, _), (_, wj)) = rows[0][0], cols
+        torch.lerp(window(xp, c0, c1, i, j), window(xp, c0, c1, i, j + 1), wj, out=dst)
+        return
+    (i, _), (_, wi) = rows
+    if len(cols) == 1:
+        j = cols[0][0]
+        torch.lerp(window(xp, c0, c1, i, j), window(xp, c0, c1, i + 1, j), wi, out=dst)
+        return
+    (j, _), (_, wj) = cols
+    top = torch.lerp(window(xp, c0, c1, i, j), window(xp, c0, c1, i, j + 1), wj)
+    bottom = torch.lerp(window(xp, c0, c1, i + 1, j), window(xp, c0, c1, i + 1, j + 1), wj)
+    torch.lerp(top, bottom, wi, out=dst)
+
+
+def _position_slopes(grad, xp, window: _Window, c0, c1, alpha: float, beta: float) -> tuple[float, float]:
+    """(dL/d alpha, dL/d beta) of one synapse from its column gradient."""
+    rows, row_slope = _taps(alpha)
+    cols, col_slope = _taps(beta)
+    dots: dict[tuple[int, int], float] = {}
+
+    def dot(i: int, j: int) -> float:
+        if (i, j) not in dots:
+            dots[(i, j)] = float((grad * window(xp, c0, c1, i, j)).sum())
+        return dots[(i, j)]
+
+    d_alpha = sum(di * wj * dot(i, j) for i, di in row_slope for j, wj in cols)
+    d_beta = sum(wi * dj * dot(i, j) for i, wi in rows for j, dj in col_slope)
+    return d_alpha, d_beta
+
+
 class _BilinearColumns(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, positions, segments, stride, out_hw):
         n, _, h, w = x.shape
-        ho, wo = out_hw
-        sh, sw = stride
         k = positions.shape[1]
         coords = positions.detach().double().cpu().tolist()
         reach = max((abs(v) for pset in coords for syn in pset for v in syn), default=0.0)
-        pad = int(math.ceil(reach)) + 1
-        xp = F.pad(x, (pad, pad, pad, pad))
+        window = _Window(int(math.ceil(reach)) + 1, stride, out_hw)
+        xp = F.pad(x, (window.pad,) * 4)
         widths = [stop - start for _, start, stop in segments]
-        cols = x.new_empty((n, sum(widths), k, ho, wo))
-
-        def window(t, c0, c1, i, j):
-            r0, q0 = pad + i, pad + j
-            return t[:, c0:c1, r0 : r0 + (ho - 1) * sh + 1 : sh, q0 : q0 + (wo - 1) * sw + 1 : sw]
-
+        cols = x.new_empty((n, sum(widths), k, *out_hw))
         offset = 0
         for (p, c0, c1), width in zip(segments, widths):
             for s in range(k):
                 rows, _ = _taps(coords[p][s][0])
                 cols_, _ = _taps(coords[p][s][1])
-                dst = cols[:, offset : offset + width, s]
-                first = True
-                for i, wi in rows:
-                    for j, wj in cols_:
-                        src = window(xp, c0, c1, i, j)
-                        if first:
-                            torch.mul(src, wi * wj, out=dst) if wi * wj != 1.0 else dst.copy_(src)
-                            first = False
-                        else:
-                            dst.add_(src, alpha=wi * wj)
+                _interpolate_into(cols[:, offset : offset + width, s], xp, window, c0, c1, rows, cols_)
             offset += width
         ctx.save_for_backward(xp)
-        ctx.conf = (coords, segments, widths, pad, stride, out_hw, (h, w), positions.dtype)
-        ctx.window = window
+        ctx.conf = (coords, segments, widths, window, (h, w), positions.dtype)
         return cols
 
     @staticmethod
     def backward(ctx, grad_cols):
         (xp,) = ctx.saved_tensors
-        coords, segments, widths, pad, stride, out_hw, (h, w), pos_dtype = ctx.conf
-        window = ctx.window
+        coords, segments, widths, window, (h, w), pos_dtype = ctx.conf
         need_x, need_pos = ctx.needs_input_grad[:2]
         k = len(coords[0])
         grad_xp = torch.zeros_like(xp) if need_x else None
@@ -76,26 +109,21 @@ class _BilinearColumns(torch.autograd.Function):
         for (p, c0, c1), width in zip(segments, widths):
             for s in range(k):
                 g = grad_cols[:, offset : offset + width, s]
-                rows, row_slope = _taps(coords[p][s][0])
-                cols_, col_slope = _taps(coords[p][s][1])
+                alpha, beta = coords[p][s]
                 if need_x:
+                    rows, _ = _taps(alpha)
+                    cols, _ = _taps(beta)
                     for i, wi in rows:
-                        for j, wj in cols_:
+                        for j, wj in cols:
                             window(grad_xp, c0, c1, i, j).add_(g, alpha=wi * wj)
                 if need_pos:
-                    # d/d alpha: slope taps along rows, value taps along columns; and vice versa.
-                    dots: dict[tuple[int, int], float] = {}
-
-                    def dot(i, j, g=g, c0=c0, c1=c1):
-                        if (i, j) not in dots:
-                            dots[(i, j)] = float((g * window(xp, c0, c1, i, j)).sum())
-                        return dots[(i, j)]
-
-                    grad_pos[p, s, 0] += sum(di * wj * dot(i, j) for i, di in row_slope for j, wj in cols_)
-                    grad_pos[p, s, 1] += sum(wi * dj * dot(i, j) for i, wi in rows for j, dj in col_slope)
+                    d_alpha, d_beta = _position_slopes(g, xp, window, c0, c1, alpha, beta)
+                    grad_pos[p, s, 0] += d_alpha
+                    grad_pos[p, s, 1] += d_beta
             offset += width
         grad_x = None
         if need_x:
+            pad = window.pad
             grad_x = grad_xp[:, :, pad : pad + h, pad : pad + w]
         if need_pos:
             grad_pos = grad_pos.to(device=grad_cols.device, dtype=pos_dtype)
@@ -103,11 +131,15 @@ class _BilinearColumns(torch.autograd.Function):
 
 
 def columns_active_conv2d(x, weight, positions, bias, stride, groups, out_hw) -> torch.Tensor:
-    """ACU as bilinear columns + one grouped 1x1 conv (arguments already checked)."""
+    """ACU as bilinear columns + one batched GEMM per unit (arguments already checked)."""
     c_out, c_per_group, k = weight.shape
     units, segments = column_units(x.shape[1], c_out, groups, positions.shape[0])
     cols = _BilinearColumns.apply(x, positions, segments, stride, out_hw)
-    n = x.shape[0]
-    cols = cols.reshape(n, -1, out_hw[0], out_hw[1])
-    w = weight.to(x.dtype).reshape(c_out, c_per_group * k, 1, 1)
-    return F.conv2d(cols, w, None if bias is None else bias.to(x.dtype), 1, 0, 1, units)
+    n, (ho, wo) = x.shape[0], out_hw
+    # (C_out/U, C_in/groups*K) @ (C_in/groups*K, Ho*Wo) for every unit and image.
+    cols = cols.reshape(n, units, c_per_group * k, ho * wo)
+    w = weight.to(x.dtype).reshape(units, c_out // units, c_per_group * k)
+    out = torch.matmul(w, cols).reshape(n, c_out, ho, wo)
+    if bias is not None:
+        out = out + bias.to(x.dtype).view(1, -1, 1, 1)
+    return out

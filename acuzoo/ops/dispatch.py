@@ -17,8 +17,11 @@ Path = Literal["auto", "dense", "columns", "reference"]
 PATHS = ("auto", "dense", "columns", "reference")
 
 # Columns cost per (input channel, synapse, output pixel), in units of one multiply-add of
-# the contraction; interpolation is memory-bound. Measured with bench/ops.py on 2 CPU cores.
-_COLUMN_ELEMENT_COST = 8.0
+# the dense conv. The PyTorch columns path interpolates with one strided elementwise op per
+# synapse and tap (Python loops, memory-bound); bench/ops.py on 2 CPU cores put its
+# forward+backward at the cost of a dense box of ~120 taps for the 64->64 CIFAR layer,
+# i.e. ~800 per element; 400 leans towards columns only when the box is clearly larger.
+_COLUMN_ELEMENT_COST = 400.0
 # Beyond this many (set, input slice) segments the columns path is Python-bound.
 _MAX_COLUMN_SEGMENTS = 8
 

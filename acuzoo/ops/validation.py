@@ -66,22 +66,21 @@ def check_active_conv2d_args(
         raise ValueError(
             f"positions has P={p} position sets; P must divide weight's C_out ({c_out})"
         )
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.shape != (c_out,):
-            shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
-            raise ValueError(f"bias must have shape ({c_out},), got {shape}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (c_out,)):
+        shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"bias must have shape ({c_out},), got {shape}")
     tensors = {"input": input, "weight": weight, "positions": positions}
     if bias is not None:
         tensors["bias"] = bias
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         raise ValueError(f"all tensors must be on one device, got {devices}")
-    if not torch.is_autocast_enabled(input.device.type):
-        if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
-            raise TypeError(
-                f"weight and bias must have input's dtype ({input.dtype}), got weight "
-                f"{weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
-            )
+    same_dtype = weight.dtype == input.dtype and (bias is None or bias.dtype == input.dtype)
+    if not same_dtype and not torch.is_autocast_enabled(input.device.type):
+        raise TypeError(
+            f"weight and bias must have input's dtype ({input.dtype}), got weight "
+            f"{weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
+        )
     if positions.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"positions must be float32 or float64, got {positions.dtype}")
     if not torch.isfinite(positions).all():

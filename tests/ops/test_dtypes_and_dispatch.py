@@ -41,10 +41,11 @@ def test_bfloat16_autocast_keeps_positions_in_float32(path):
     assert cos > 0.99
 
 
-def test_auto_prefers_columns_for_a_shared_layer_with_wide_spread():
+def test_auto_prefers_columns_once_the_dense_box_explodes():
     x = torch.randn(2, 64, 16, 16)
     w = torch.randn(64, 64, 9)
-    pos = (torch.rand(1, 9, 2) * 2 - 1) * 3
+    pos = (torch.rand(1, 9, 2) * 2 - 1) * 12
+    pos[0, 0] = torch.tensor([12.0, -12.0])
     assert choose_path(x, w, pos, 1) == "columns"
 
 
