@@ -16,17 +16,15 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import BatchNormAct2d, ClassifierHead, get_device_dtype, register_notrace_module
+from timm.layers import BatchNormAct2d, ClassifierHead, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
 from torch import nn
 
 from ..nn import ActiveConv2d
+from ._common import MAX_NUM_CLASSES, check_int_range, check_model_args
 
 __all__ = ["CifarResNet", "PreActBottleneck", "create_spatial_conv"]
-
-# The ACU's path choice reads its positions' values, so FX tracing must treat it as a leaf.
-register_notrace_module(ActiveConv2d)
 
 CONV_TYPES = ("conv", "acu")
 
@@ -85,9 +83,7 @@ class PreActBottleneck(nn.Module):
         self.norm3 = BatchNormAct2d(mid_chs, **dd)
         self.conv3 = nn.Conv2d(mid_chs, out_chs, 1, bias=False, **dd)
         needs_projection = stride != 1 or in_chs != out_chs
-        self.downsample = (
-            nn.Conv2d(in_chs, out_chs, 1, stride, bias=False, **dd) if needs_projection else None
-        )
+        self.downsample = nn.Conv2d(in_chs, out_chs, 1, stride, bias=False, **dd) if needs_projection else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_preact = self.norm1(x)
@@ -96,11 +92,6 @@ class PreActBottleneck(nn.Module):
         x = self.conv2(self.norm2(x))
         x = self.conv3(self.norm3(x))
         return x + shortcut
-
-
-def _check_range(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 class CifarResNet(nn.Module):
@@ -141,13 +132,10 @@ class CifarResNet(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _check_range("in_chans", in_chans, 1)
-        _check_range("num_classes", num_classes, 0)
+        check_model_args(in_chans, num_classes, drop_rate)  # the zoo's common ranges
         stage_args = (depths, widths, bottleneck_widths, groups, dilations)
         if len({len(a) for a in stage_args}) != 1:
-            raise ValueError(
-                "depths, widths, bottleneck_widths, groups and dilations need one entry per stage"
-            )
+            raise ValueError("depths, widths, bottleneck_widths, groups and dilations need one entry per stage")
         if conv_type not in CONV_TYPES:
             raise ValueError(f"conv_type must be one of {CONV_TYPES}, got {conv_type!r}")
         dd = {"device": device, "dtype": dtype}
@@ -222,7 +210,7 @@ class CifarResNet(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        _check_range("num_classes", num_classes, 0)
+        check_int_range("num_classes", num_classes, 0, MAX_NUM_CLASSES)
         self.num_classes = num_classes
         # Take device and dtype from the body: a removed classifier has no parameters to ask.
         self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))

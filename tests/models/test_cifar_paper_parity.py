@@ -178,14 +178,10 @@ def test_x1d_spatial_convs_are_depthwise():
 
 def test_depthwise_5x5_conv_and_depthwise_acu_have_equal_parameters():
     """Section 4.2: 5 x 5 = 25 = 3 x 3 + 2 x (9 - 1) parameters per channel."""
-    assert num_params(meta_model("cifar_resnet29_x1d_conv5")) == num_params(
-        meta_model("cifar_resnet29_x1d_acu")
-    )
+    assert num_params(meta_model("cifar_resnet29_x1d_conv5")) == num_params(meta_model("cifar_resnet29_x1d_acu"))
 
 
-@pytest.mark.parametrize(
-    "name, depth", [("cifar_resnext29_8x64d", 3), ("cifar_acu29_x1d", 3), ("cifar_acu47_x1d", 5)]
-)
+@pytest.mark.parametrize("name, depth", [("cifar_resnext29_8x64d", 3), ("cifar_acu29_x1d", 3), ("cifar_acu47_x1d", 5)])
 def test_resnext_bottleneck_widths_and_depth(name, depth):
     """Section 5.2: bottleneck width 512 in stage 1 (8 x 64d), doubling; ACU-47 has five blocks."""
     model = meta_model(name)

@@ -128,12 +128,12 @@ def test_in_chans_one_takes_grayscale_images():
 
 @pytest.mark.parametrize("in_chans", [0, -3])
 def test_in_chans_below_one_is_refused_naming_the_range(in_chans):
-    with pytest.raises(ValueError, match=r"in_chans must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"in_chans must be an int in \[1, 64\]"):
         timm.create_model("cifar_resnet29_conv3", in_chans=in_chans)
 
 
 def test_negative_num_classes_is_refused_naming_the_range():
-    with pytest.raises(ValueError, match=r"num_classes must be an int >= 0"):
+    with pytest.raises(ValueError, match=r"num_classes must be an int in \[0, "):
         timm.create_model("cifar_resnet29_conv3", num_classes=-1)
 
 
@@ -150,6 +150,11 @@ def test_unknown_conv_type_is_refused_naming_the_choices():
 def test_position_groups_with_ordinary_convs_is_refused():
     with pytest.raises(ValueError, match="position_groups applies to conv_type='acu' only"):
         timm.create_model("cifar_resnet29_conv3", position_groups=1)
+
+
+def test_drop_rate_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match=r"drop_rate must be in \[0, 1\)"):
+        timm.create_model("cifar_resnet29_conv3", drop_rate=1.5)
 
 
 def test_drop_rate_drops_pooled_features_in_training_only():
@@ -184,7 +189,7 @@ def test_reset_classifier_keeps_the_pool_unless_given_one():
 
 
 def test_reset_classifier_refuses_negative_classes(base):
-    with pytest.raises(ValueError, match=r"num_classes must be an int >= 0"):
+    with pytest.raises(ValueError, match=r"num_classes must be an int in \[0, "):
         copy.deepcopy(base).reset_classifier(-2)
 
 
@@ -298,9 +303,7 @@ def test_group_matcher_orders_stem_then_each_block_then_head(base):
     assert sorted(n for group in ordered for n in group) == sorted(n for n, _ in base.named_parameters())
     assert ordered[0] == ["stem.weight"]
     assert ordered[-1] == ["head.fc.weight", "head.fc.bias"]
-    blocks = [
-        {".".join(n.split(".")[:3]) for n in group if n.startswith("stages.")} for group in ordered[1:-1]
-    ]
+    blocks = [{".".join(n.split(".")[:3]) for n in group if n.startswith("stages.")} for group in ordered[1:-1]]
     assert blocks == [{f"stages.{s}.{b}"} for s in range(3) for b in range(3)]
     assert "norm.weight" in ordered[-2]  # the final norm goes with the last block
     coarse = group_parameters(base, base.group_matcher(coarse=True))
@@ -329,9 +332,7 @@ def test_acu_models_start_equal_to_their_conv_twins():
     """Lemma 1: at init an ACU computes its grid conv, so copying the weights gives the same logits."""
     acu = timm.create_model("cifar_resnet29_16x4d_acu").eval()
     conv = timm.create_model("cifar_resnet29_16x4d_conv3").eval()
-    state = {
-        k: v.reshape(conv.state_dict()[k].shape) for k, v in acu.state_dict().items() if "positions" not in k
-    }
+    state = {k: v.reshape(conv.state_dict()[k].shape) for k, v in acu.state_dict().items() if "positions" not in k}
     conv.load_state_dict(state)
     x = images()
     with torch.no_grad():
