@@ -342,6 +342,12 @@ def test_acu_models_start_equal_to_their_conv_twins():
 # --- fusion and export of the ACU models ------------------------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_perturbed_models():
+    yield
+    perturbed.cache_clear()  # the cached models are large; free them with the module
+
+
 @functools.cache
 def perturbed(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """(ACU model with positions moved off the grid, its fused copy, input), built once."""

@@ -104,6 +104,12 @@ def test_reset_classifier_sets_the_number_of_outputs():
     assert model.get_classifier().weight.device.type == "meta"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_perturbed_models():
+    yield
+    perturbed.cache_clear()  # the cached models are large; free them with the module
+
+
 @functools.cache
 def perturbed(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """(ACU model with positions moved off the grid, its fused copy, input), built once."""
@@ -117,7 +123,7 @@ def perturbed(name: str) -> tuple[nn.Module, nn.Module, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ACU_NAMES)
-def test_fused_model_gives_the_acu_models_logits(name, monkeypatch):
+def test_fused_model_gives_the_acu_models_logits(name):
     model, fused, x = perturbed(name)
     # Depthwise ACUs over 512-2048 channels make the bilinear-columns path slow on CPU; the
     # ACU model runs the dispatcher's own choice, the ResNet-29 tests cover columns vs fused.
