@@ -63,7 +63,8 @@ PAPER_PARAMS = [
 ]
 TOLERANCE = 0.015
 
-# ACU model -> its twin with ordinary convs, and the position sets P of its stages.
+# ACU model -> its registered twin with ordinary convs (None: the paper has none), and the
+# position sets P of its stages.
 ACU_TWINS = {
     "cifar_resnet29_acu": ("cifar_resnet29_conv3", (1, 1, 1)),
     "cifar_resnet29_16x4d_acu": ("cifar_resnet29_16x4d_conv3", (16, 16, 16)),
@@ -108,7 +109,7 @@ def test_parameter_count_matches_paper(name, paper, source):
 
 @pytest.mark.parametrize("acu_name", sorted(ACU_TWINS))
 def test_acu_layers_add_two_k_minus_one_position_params_per_set(acu_name):
-    """Eq. 7: a layer adds 2 (K - 1) P parameters; nothing else in the model changes."""
+    """Eq. 7: a layer adds 2 (K - 1) P parameters to its conv twin; nothing else changes."""
     twin, sets = ACU_TWINS[acu_name]
     model = meta_model(acu_name)
     acus = [m for m in model.modules() if isinstance(m, ActiveConv2d)]
@@ -116,9 +117,14 @@ def test_acu_layers_add_two_k_minus_one_position_params_per_set(acu_name):
     depths = [len(stage) for stage in model.stages]
     assert [m.position_groups for m in acus] == [p for p, d in zip(sets, depths) for _ in range(d)]
     assert all(m.num_synapses == 9 for m in acus)
+    extra = sum(2 * (m.num_synapses - 1) * m.position_groups for m in acus)
+    # The same code with ordinary convs is the twin: conv_type switches the spatial conv only.
+    # (Through the entrypoint: timm.create_model drops None arguments.)
+    entrypoint = timm.models.model_entrypoint(acu_name)
+    same_code_twin = entrypoint(conv_type="conv", position_groups=None, device="meta")
+    assert num_params(model) == num_params(same_code_twin) + extra
     if twin is not None:
-        extra = sum(2 * (m.num_synapses - 1) * m.position_groups for m in acus)
-        assert num_params(model) == num_params(meta_model(twin)) + extra
+        assert num_params(meta_model(twin)) == num_params(same_code_twin)
 
 
 def test_table10_stage_widths_and_output_sizes():
