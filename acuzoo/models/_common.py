@@ -2,8 +2,6 @@
 model API (classifier head, feature taps, grad checkpointing) over a ``stem -> blocks -> neck``
 layout."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch

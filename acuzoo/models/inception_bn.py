@@ -17,8 +17,6 @@ figures (x1.3: 7.03M but 1.36G); a residual around the block changes neither cou
 conv to the module's width x 1.4 is the only way the depthwise ACU can widen the module.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch

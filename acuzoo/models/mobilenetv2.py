@@ -7,8 +7,6 @@ follow timm's ``mobilenetv2_100`` (conv_stem, bn1, blocks.i.j.{conv_pw, bn1, con
 conv_pwl, bn3}, conv_head, bn2, classifier) so its weights can be converted later.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch

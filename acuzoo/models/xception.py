@@ -11,8 +11,6 @@ original order), ``blocks.13`` the exit convs (conv3, bn3, act3, conv4, bn4, act
 layout is timm's ``legacy_xception``'s, one block deeper in the names, so its weights convert.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch

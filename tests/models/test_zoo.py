@@ -178,3 +178,14 @@ def test_drop_rate_sets_the_head_dropout(name: str) -> None:
     assert timm.create_model(name, drop_rate=0.3).head_drop.p == 0.3
     with pytest.raises(ValueError, match=r"drop_rate must be in \[0, 1\)"):
         timm.create_model(name, drop_rate=1.5)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_acu_080", "xception_acu", "inception_bn_acu"])
+def test_group_matcher_puts_every_parameter_in_a_stem_or_block_group(name: str) -> None:
+    from timm.models._manipulate import group_parameters
+
+    model = timm.create_model(name)
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    grouped = {n for names in groups.values() for n in names}
+    assert len(groups) > 2
+    assert grouped == {n for n, _ in model.named_parameters()}

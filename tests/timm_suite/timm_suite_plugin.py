@@ -13,12 +13,13 @@ Selection rule (keeps the run within a few minutes on 2 CPU cores):
   head and pool shapes, on the meta device), ``test_model_forward_features``,
   ``test_model_forward_intermediates`` and ``test_model_forward_intermediates_features``
   (96 px inputs);
-* one representative per family (per model file: the first of its models, in sorted order,
-  whose name contains "acu") also runs the expensive ones: ``test_model_forward`` (default
-  input size), ``test_model_backward``, the TorchScript and FX tests and
-  ``test_prune_intermediate_layers_contract``;
-* the family's first model without "acu" (its conv baseline) also runs the two TorchScript
-  tests, which the ACU models cannot pass yet (below), so the family's code is scripted;
+* one ACU representative per family (per model file: the first of its models, in sorted
+  order, whose name contains "acu") also runs the expensive ones: ``test_model_forward``
+  (default input size), ``test_model_backward``, and the TorchScript and FX tests;
+* the family's first model without "acu" (its conv representative) runs the two TorchScript
+  tests, which the ACU models cannot pass yet (below), so the family's code is scripted, and
+  ``test_prune_intermediate_layers_contract`` (prunes at every tap, with backward: the
+  slowest test; its code is shared by a family's conv and ACU models);
 * ``ACUZOO_TIMM_SUITE_FULL=1`` runs every test on every model.
 
 Known ACU-layer limits become strict xfails, decided by probing the layer, not by name lists:
@@ -41,7 +42,13 @@ import acuzoo  # noqa: F401  (registers the zoo)
 from acuzoo.models import list_models as zoo_models
 from acuzoo.nn import ActiveConv2d
 
-SCRIPT_TESTS = frozenset({"test_model_forward_torchscript", "test_model_forward_fx_torchscript"})
+CONV_REP_TESTS = frozenset(
+    {
+        "test_model_forward_torchscript",
+        "test_model_forward_fx_torchscript",
+        "test_prune_intermediate_layers_contract",
+    }
+)
 CHEAP_TESTS = frozenset(
     {
         "test_model_default_cfgs",
@@ -107,22 +114,26 @@ def acu_limits() -> dict[str, str]:
     return limits
 
 
-def is_selected(test: str, model_name: object, heavy: set[str], scripted: set[str]) -> bool:
+def is_selected(test: str, model_name: object, acu_reps: set[str], conv_reps: set[str]) -> bool:
     if not isinstance(model_name, str) or model_name.split(".")[0] not in ZOO:
         return False
     base = model_name.split(".")[0]
-    return FULL or test in CHEAP_TESTS or base in heavy or (test in SCRIPT_TESTS and base in scripted)
+    if FULL or test in CHEAP_TESTS:
+        return True
+    if test in CONV_REP_TESTS and base in conv_reps:
+        return True
+    return base in acu_reps and test != "test_prune_intermediate_layers_contract"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    heavy, scripted = representatives(acu=True), representatives(acu=False)
+    acu_reps, conv_reps = representatives(acu=True), representatives(acu=False)
     limits = acu_limits()
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         test = re.sub(r"\[.*", "", item.name)
         model_name = params.get("model_name")
-        if not is_selected(test, model_name, heavy, scripted):
+        if not is_selected(test, model_name, acu_reps, conv_reps):
             drop.append(item)
             continue
         if test in limits and "acu" in model_name:
