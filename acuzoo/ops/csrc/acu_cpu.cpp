@@ -204,7 +204,12 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
 }
 
 struct CpuBackend {
-  static int64_t columns_chunk(const Geometry&) { return 1; }  // one sample's columns at a time
+  // Samples per columns chunk: about 32 MiB of columns, so that the GEMMs are large and
+  // the parallel regions few, while the buffer stays a fraction of a batch.
+  static int64_t columns_chunk(const Geometry& g) {
+    const int64_t per_sample = std::max<int64_t>(1, g.units * g.c_per_group * g.synapses * g.out_h * g.out_w * 8);
+    return std::max<int64_t>(1, std::min<int64_t>(g.batch, (int64_t(32) << 20) / per_sample));
+  }
 
   static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& positions,
