@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib
 import pytest
 from matplotlib.collections import PathCollection, QuadMesh
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -39,13 +38,11 @@ def test_shared_and_grouped_layers_are_drawn_as_position_sets_over_the_grid():
     for ax, sets_drawn in zip(fig.axes, (1, 2)):
         scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
         assert len(scatters) == 1 + sets_drawn
-    matplotlib.pyplot.close(fig)
 
 
 def test_depthwise_layers_are_drawn_as_a_2d_histogram():
     fig = plot_positions(nn.Sequential(ActiveConv2d(32, 32, 3, groups=32)))
     assert any(isinstance(c, QuadMesh) for c in fig.axes[0].collections)
-    matplotlib.pyplot.close(fig)
 
 
 def test_plotting_a_model_without_acus_is_refused():
