@@ -22,10 +22,10 @@ SUBCOMMANDS: dict[str, Handler] = {}
 
 def subcommand(name: str) -> Callable[[Handler], Handler]:
     """Register ``handler(argv)`` as ``acuzoo <name> ...``."""
+    if name in LightningCLI.subcommands():
+        raise ValueError(f"'{name}' is a LightningCLI subcommand")
 
     def register(handler: Handler) -> Handler:
-        if name in LightningCLI.subcommands():
-            raise ValueError(f"'{name}' is a LightningCLI subcommand")
         SUBCOMMANDS[name] = handler
         return handler
 
