@@ -11,7 +11,7 @@ from .columns import columns_active_conv2d
 from .dense import dense_active_conv2d
 from .geometry import column_units, kernel_radius, output_size
 from .reference import reference_active_conv2d
-from .validation import check_active_conv2d_args, pair
+from .validation import autocast_enabled, check_active_conv2d_args, pair
 
 Path = Literal["auto", "dense", "columns", "reference"]
 PATHS = ("auto", "dense", "columns", "reference")
@@ -72,8 +72,11 @@ def active_conv2d(
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     check_active_conv2d_args(input, weight, positions, bias, groups)
     stride = pair(stride, "stride")
+    if input.is_meta:
+        n, hw = input.shape[0], output_size(tuple(input.shape[-2:]), stride)
+        return input.new_empty((n, weight.shape[0], *hw))
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         # Low-precision compute, but the kernel and position slopes are built in fp32 first.
         dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):

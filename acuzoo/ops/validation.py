@@ -18,6 +18,11 @@ def pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for this device type (False for types autocast does not know)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def check_active_conv2d_args(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -76,12 +81,13 @@ def check_active_conv2d_args(
     if len(set(devices.values())) > 1:
         raise ValueError(f"all tensors must be on one device, got {devices}")
     same_dtype = weight.dtype == input.dtype and (bias is None or bias.dtype == input.dtype)
-    if not same_dtype and not torch.is_autocast_enabled(input.device.type):
+    if not same_dtype and not autocast_enabled(input.device.type):
         raise TypeError(
             f"weight and bias must have input's dtype ({input.dtype}), got weight "
             f"{weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
         )
     if positions.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"positions must be float32 or float64, got {positions.dtype}")
-    if not torch.isfinite(positions).all():
+    # Meta tensors (shape propagation, timm's meta-device model checks) have no values.
+    if not positions.is_meta and not torch.isfinite(positions).all():
         raise ValueError("positions must be finite; got NaN or infinity")

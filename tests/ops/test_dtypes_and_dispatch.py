@@ -61,3 +61,11 @@ def test_auto_prefers_dense_for_a_shared_layer_on_its_grid():
     w = torch.randn(64, 64, 9)
     grid = torch.tensor([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)
     assert choose_path(x, w, grid[None], 1) == "dense"
+
+
+def test_meta_tensors_propagate_the_output_shape():
+    x = torch.empty(2, 8, 9, 7, device="meta")
+    w = torch.empty(8, 1, 9, device="meta")
+    pos = torch.empty(8, 9, 2, device="meta")
+    out = active_conv2d(x, w, pos, None, 2, 8)
+    assert out.is_meta and out.shape == (2, 8, 5, 4)
