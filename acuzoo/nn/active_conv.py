@@ -1,6 +1,5 @@
 """``ActiveConv2d``: a convolution whose synapses have learnable real-valued positions."""
 
-from __future__ import annotations
 
 import math
 
@@ -19,6 +18,12 @@ def grid_positions(kernel_size: tuple[int, int], dilation: tuple[int, int]) -> t
     cols = (torch.arange(kw) - kw // 2) * dilation[1]
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)
     return grid.reshape(-1, 2).float()
+
+
+def insert_origin(movable: torch.Tensor, origin_index: int) -> torch.Tensor:
+    """(P, K, 2) from the (P, K - 1, 2) movable synapses: the fixed (0, 0) goes at origin_index."""
+    origin = movable.new_zeros(movable.shape[0], 1, 2)
+    return torch.cat([movable[:, :origin_index], origin, movable[:, origin_index:]], 1)
 
 
 def conv2d_refusal(conv: nn.Conv2d) -> str | None:
@@ -119,14 +124,17 @@ class ActiveConv2d(nn.Module):
 
     def full_positions(self) -> torch.Tensor:
         """(P, K, 2) positions with the fixed origin synapse inserted at its index."""
-        origin = self.positions.new_zeros(self.position_groups, 1, 2)
-        i = self.origin_index
-        return torch.cat([self.positions[:, :i], origin, self.positions[:, i:]], 1)
+        return insert_origin(self.positions, self.origin_index)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return active_conv2d(
-            input, self.weight, self.full_positions(), self.bias, self.stride, self.groups
-        )
+        return self._active_conv(input)
+
+    # TorchScript keeps this a Python call: a scripted model with ACUs runs in-process;
+    # to deploy without Python, fuse the ACUs into convs first (acuzoo.fuse_acu).
+    @torch.jit.ignore
+    def _active_conv(self, input: torch.Tensor) -> torch.Tensor:
+        positions = insert_origin(self.positions, self.origin_index)
+        return active_conv2d(input, self.weight, positions, self.bias, self.stride, self.groups)
 
     def spread(self) -> float:
         """Largest |displacement| of any synapse, in pixels."""
@@ -146,7 +154,7 @@ class ActiveConv2d(nn.Module):
         return text + f", spread={self.spread():.2f}"
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, position_groups: int | None = None) -> ActiveConv2d:
+    def from_conv2d(cls, conv: nn.Conv2d, position_groups: int | None = None) -> "ActiveConv2d":
         """The ACU equal to ``conv`` (Lemma 1): same weight, positions on its (dilated) grid."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")

@@ -116,3 +116,11 @@ class TestConversions:
 
         with pytest.raises(ValueError, match="overrides forward"):
             ActiveConv2d.from_conv2d(Conv2dSame(4, 4, 3, stride=2))
+
+
+def test_a_scripted_acu_runs_in_process_and_matches():
+    layer = ActiveConv2d(4, 4, 3, groups=2)
+    with torch.no_grad():
+        layer.positions.uniform_(-2, 2)
+    x = torch.randn(1, 4, 7, 6)
+    assert torch.equal(torch.jit.script(layer)(x), layer(x))
