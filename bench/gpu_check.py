@@ -257,9 +257,7 @@ def precision(torch, native, device):
     if device == "cpu":
         limits = {torch.float32: 1e-5}
     for dtype, limit in limits.items():
-        out, grads = with_grads(
-            torch, native.native_active_conv2d, make_args(torch, case, 1.5, dtype, device)
-        )
+        out, grads = with_grads(torch, native.native_active_conv2d, make_args(torch, case, 1.5, dtype, device))
         errs = {"out": rel_l2(out, ref_out)} | {n: rel_l2(a, b) for n, a, b in zip(NAMES, grads, ref_grads)}
         finite = all(bool(torch.isfinite(t).all()) for t in (out, *grads))
         check(
@@ -393,7 +391,8 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
     log("== benchmark: depthwise layers, forward+backward")
     header = (
         f"{'layer':11} {'spread':6} {'cudnn':>7} {'fmt':4} {'native':>7} {'x cudnn':>7} "
-        f"{'dense':>7} {'x dense':>7} {'fwd':>6} {'GB/s':>6} {'%copy':>5} {'bwd mem':>7}"
+        f"{'dense':>7} {'x dense':>7} {'fwd':>6} {'GB/s':>6} {'%copy':>5} {'bwd mem':>7} "
+        f"{'CL-in':>7} {'bf16':>7}"
     )
     rows = [header, "-" * len(header)]
     gen = torch.Generator().manual_seed(0)
@@ -412,9 +411,7 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
                 xf = x.contiguous(memory_format=mf).requires_grad_()
                 wf = w3.contiguous(memory_format=mf).requires_grad_()
                 conv_args = (xf, wf, None, stride, 1, 1, c)
-                conv[fmt] = timer.median_ms(
-                    fwd_bwd(F.conv2d, conv_args, (xf, wf), grad.contiguous(memory_format=mf))
-                )
+                conv[fmt] = timer.median_ms(fwd_bwd(F.conv2d, conv_args, (xf, wf), grad.contiguous(memory_format=mf)))
             fmt = min(conv, key=conv.get)
             for spread_name, spread in (("init", 0.0), ("+-1.5", 1.5), ("+-3", 3.0)):
                 positions = grid3(torch).expand(c, 9, 2).clone()
@@ -429,6 +426,19 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
                 nat = timer.median_ms(fwd_bwd(native.native_active_conv2d, acu_args, leaves, grad))
                 fwd = timer.median_ms(no_grad_call(torch, native.native_active_conv2d, acu_args))
                 dense = timer.median_ms(fwd_bwd(dense_path(active_conv2d), acu_args, leaves, grad))
+                x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+                cl_args = (x_cl, w, positions, None, stride, c)
+                nat_cl = timer.median_ms(fwd_bwd(native.native_active_conv2d, cl_args, (x_cl, w, positions), grad))
+                del x_cl, cl_args
+                bf16 = float("nan")
+                if device == "cuda":
+                    x16 = x.bfloat16().requires_grad_()
+                    w16 = w.detach().bfloat16().requires_grad_()
+                    args16 = (x16, w16, positions, None, stride, c)
+                    bf16 = timer.median_ms(
+                        fwd_bwd(native.native_active_conv2d, args16, (x16, w16, positions), grad.bfloat16())
+                    )
+                    del x16, w16, args16
                 # Bytes a fused fwd+bwd must move: read x, write y; read dy and x, write dx.
                 bytes_moved = 4 * (3 * x.numel() + 2 * grad.numel())
                 gbs = bytes_moved / (nat * 1e-3) / 1e9
@@ -436,7 +446,8 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
                 row = (
                     f"{name:11} {spread_name:6} {conv[fmt]:7.3f} {fmt:4} {nat:7.3f} {nat / conv[fmt]:7.2f} "
                     f"{dense:7.3f} {nat / dense:7.2f} {fwd:6.3f} {gbs:6.0f} "
-                    f"{100 * gbs / copy_gbs if copy_gbs else float('nan'):5.0f} {mem:7.2f}"
+                    f"{100 * gbs / copy_gbs if copy_gbs else float('nan'):5.0f} {mem:7.2f} "
+                    f"{nat_cl:7.3f} {bf16:7.3f}"
                 )
                 log(row)
                 rows.append(row)
@@ -449,7 +460,8 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
     rows.append(
         "times in ms (median, CUDA events); 'x cudnn'/'x dense' = native / baseline; fwd = native "
         "forward alone; GB/s counts x, y, dy, x, dx once; bwd mem = peak extra memory of the "
-        "backward / input size (target < 2)"
+        "backward / input size (target < 2); CL-in = native fwd+bwd from a channels_last input "
+        "(converted inside); bf16 = native fwd+bwd in bfloat16 (fp32 positions and sums)"
     )
     return rows
 
@@ -471,12 +483,8 @@ def peak_backward_ratio(torch, native, x, w, p, stride, groups, grad, device) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--cpu-dry-run", action="store_true", help="exercise the script on the CPU, tiny sizes"
-    )
-    parser.add_argument(
-        "--budget-s", type=float, default=330.0, help="stop benchmarking after this many seconds"
-    )
+    parser.add_argument("--cpu-dry-run", action="store_true", help="exercise the script on the CPU, tiny sizes")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="stop benchmarking after this many seconds")
     args = parser.parse_args()
     deadline = T0 + args.budget_s
     import torch

@@ -42,7 +42,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-_CPU_SOURCES = ("acu_ops.cpp", "acu_cpu.cpp")
+_CPU_SOURCES = ("acu_ops.cpp", "acu_cpu.cpp", "acu_twin.cpp")
 _CUDA_SOURCES = ("acu_cuda.cu",)
 _HEADERS = ("acu_math.h", "acu_driver.h")
 VARIANTS = ("cpu", "cuda")

@@ -140,9 +140,7 @@ def test_channels_last_input_gives_the_same_result(ext, case):
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
-@pytest.mark.parametrize(
-    "case", [CASES["depthwise"], CASES["grouped_P_groups"]], ids=["depthwise", "grouped"]
-)
+@pytest.mark.parametrize("case", [CASES["depthwise"], CASES["grouped_P_groups"]], ids=["depthwise", "grouped"])
 def test_non_contiguous_input_is_read_correctly(ext, case):
     x, *rest = make_args(case, 1.5)
     wide = torch.randn(x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3], dtype=x.dtype)
@@ -210,9 +208,7 @@ def test_backward_op_skips_gradients_not_asked_for(ext):
 def test_input_alone_can_require_grad(ext):
     x, weight, positions, b, stride, groups = make_args(CASES["dense_P2"], 1.5)
     x.requires_grad_()
-    (gx,) = torch.autograd.grad(
-        native.native_active_conv2d(x, weight, positions, b, stride, groups).sum(), [x]
-    )
+    (gx,) = torch.autograd.grad(native.native_active_conv2d(x, weight, positions, b, stride, groups).sum(), [x])
     want = reference_active_conv2d(x, weight, positions, b, stride, groups)
     (gx_ref,) = torch.autograd.grad(want.sum(), [x])
     assert max_err(gx, gx_ref) < TOL
@@ -235,9 +231,7 @@ def test_meta_tensors_propagate_shapes(ext):
     assert out.shape == (2, 6, 5, 5) and out.device.type == "meta"
 
 
-@pytest.mark.parametrize(
-    "case", [CASES["depthwise"], CASES["grouped_P2_groups4"]], ids=["depthwise", "grouped"]
-)
+@pytest.mark.parametrize("case", [CASES["depthwise"], CASES["grouped_P2_groups4"]], ids=["depthwise", "grouped"])
 def test_opcheck_passes(ext, case):
     x, weight, positions, b, stride, groups = make_args(case, 1.5)
     args = (
@@ -296,3 +290,26 @@ def test_missing_compiler_falls_back_with_one_log_line(tmp_path):
 def test_build_name_changes_with_the_variant():
     assert native.build_name("cpu") != native.build_name("cuda")
     assert native.build_name("cpu") == native.build_name("cpu")
+
+
+# The CUDA kernels are launch code around per-element functions (csrc/acu_math.h); the
+# "twin" ops run those same functions on the CPU, so the GPU's arithmetic and indexing
+# are held to the reference here too.
+TWIN_SPREADS = {"grid": None, "1.5": 1.5, "far": 12.0}
+
+
+@pytest.mark.parametrize("spread", TWIN_SPREADS.values(), ids=TWIN_SPREADS.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_cuda_element_code_equals_reference(ext, case, spread):
+    x, weight, positions, b, stride, groups = make_args(case, spread)
+    out = torch.ops.acuzoo._twin_active_conv2d(x, weight, positions, b, [stride, stride], groups)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+    got = torch.ops.acuzoo._twin_active_conv2d_backward(
+        grad, x, weight, positions, [stride, stride], groups, [True, True, True]
+    )
+    leaves = [t.clone().requires_grad_() for t in (x, weight, positions)]
+    ref = reference_active_conv2d(*leaves, b, stride, groups)
+    want = torch.autograd.grad(ref, leaves, grad)
+    assert max_err(out, ref) < TOL
+    for name, a, w in zip(("input", "weight", "positions"), got, want):
+        assert max_err(a, w) < TOL, name

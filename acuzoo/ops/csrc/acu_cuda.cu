@@ -45,67 +45,31 @@ __device__ __forceinline__ void block_sum(A (&vals)[N], A* shared) {
   }
 }
 
-template <typename A>
-__device__ __forceinline__ void taps_of(const A* pos, int64_t p, int64_t k, int64_t K,
-                                        AxisTaps<A>& ta, AxisTaps<A>& tb) {
-  ta = axis_taps<A>(pos[(p * K + k) * 2]);
-  tb = axis_taps<A>(pos[(p * K + k) * 2 + 1]);
-}
-
-struct Dims {
-  int64_t C, H, W, Ho, Wo, K;
-  int sh, sw;
-};
-
 inline Dims dims_of(const Geometry& g) {
   return {g.c_in, g.height, g.width, g.out_h, g.out_w, g.synapses,
-          static_cast<int>(g.stride_h), static_cast<int>(g.stride_w)};
+          static_cast<int>(g.stride_h), static_cast<int>(g.stride_w), g.c_out / g.sets};
 }
+
+inline Units units_of(const Geometry& g) {
+  return {g.units, g.units / g.groups, g.units / g.sets, g.c_per_group, g.c_per_group * g.synapses, g.batch};
+}
+
+#define ACU_GRID_STRIDE(idx, total)                                                        \
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < (total); \
+       idx += int64_t(gridDim.x) * blockDim.x)
 
 // ---- depthwise ---------------------------------------------------------------------
 
 template <typename S, typename A>
-__global__ void dw_forward_kernel(const S* __restrict__ x, const S* __restrict__ w,
-                                  const A* __restrict__ pos, const S* __restrict__ bias,
-                                  S* __restrict__ out, int64_t total, Dims d, int64_t per_set) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int j = static_cast<int>(idx % d.Wo);
-    const int m = static_cast<int>((idx / d.Wo) % d.Ho);
-    const int64_t plane = idx / (d.Wo * d.Ho);  // n * C + c
-    const int64_t c = plane % d.C, p = c / per_set;
-    const S* xp = x + plane * d.H * d.W;
-    A acc = bias ? static_cast<A>(bias[c]) : A(0);
-    for (int64_t k = 0; k < d.K; ++k) {
-      AxisTaps<A> ta, tb;
-      taps_of(pos, p, k, d.K, ta, tb);
-      acc += static_cast<A>(w[c * d.K + k]) *
-             read_value<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb);
-    }
-    out[idx] = static_cast<S>(acc);
-  }
+__global__ void dw_forward_kernel(const S* __restrict__ x, const S* __restrict__ w, const A* __restrict__ pos,
+                                  const S* __restrict__ bias, S* __restrict__ out, int64_t total, Dims d) {
+  ACU_GRID_STRIDE(idx, total) { out[idx] = static_cast<S>(dw_forward_element<A>(x, w, pos, bias, idx, d)); }
 }
 
 template <typename S, typename A>
 __global__ void dw_grad_input_kernel(const S* __restrict__ go, const S* __restrict__ w,
-                                     const A* __restrict__ pos, S* __restrict__ gx, int64_t total,
-                                     Dims d, int64_t per_set) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int col = static_cast<int>(idx % d.W);
-    const int r = static_cast<int>((idx / d.W) % d.H);
-    const int64_t plane = idx / (d.W * d.H);
-    const int64_t c = plane % d.C, p = c / per_set;
-    const S* gp = go + plane * d.Ho * d.Wo;
-    A acc = A(0);
-    for (int64_t k = 0; k < d.K; ++k) {
-      AxisTaps<A> ta, tb;
-      taps_of(pos, p, k, d.K, ta, tb);
-      acc += static_cast<A>(w[c * d.K + k]) *
-             gather_plane<A>(gp, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col, ta, tb);
-    }
-    gx[idx] = static_cast<S>(acc);
-  }
+                                     const A* __restrict__ pos, S* __restrict__ gx, int64_t total, Dims d) {
+  ACU_GRID_STRIDE(idx, total) { gx[idx] = static_cast<S>(dw_grad_input_element<A>(go, w, pos, idx, d)); }
 }
 
 // Block (chunk, c): partial[chunk, c, k, :] = sums over the chunk's output elements of
@@ -113,26 +77,20 @@ __global__ void dw_grad_input_kernel(const S* __restrict__ go, const S* __restri
 template <typename S, typename A>
 __global__ void dw_grad_params_kernel(const S* __restrict__ go, const S* __restrict__ x,
                                       const S* __restrict__ w, const A* __restrict__ pos,
-                                      A* __restrict__ partial, int64_t batch, Dims d,
-                                      int64_t per_set) {
+                                      A* __restrict__ partial, int64_t batch, Dims d) {
   __shared__ A shared[3 * kThreads];
-  const int64_t c = blockIdx.y, chunk = blockIdx.x, p = c / per_set;
-  const int64_t pixels = d.Ho * d.Wo, elems = batch * pixels;
+  const int64_t c = blockIdx.y, chunk = blockIdx.x, p = c / d.per_set;
+  const int64_t elems = batch * d.Ho * d.Wo;
   const int64_t start = chunk * kChunk, stop = min(start + kChunk, elems);
   for (int64_t k = 0; k < d.K; ++k) {
     AxisTaps<A> ta, tb;
-    taps_of(pos, p, k, d.K, ta, tb);
+    synapse_taps(pos, p, k, d.K, ta, tb);
     A sums[3] = {A(0), A(0), A(0)};
     for (int64_t e = start + threadIdx.x; e < stop; e += kThreads) {
-      const int64_t n = e / pixels, pix = e % pixels;
-      const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
-      const int64_t plane = n * d.C + c;
-      const A g = static_cast<A>(go[plane * pixels + pix]);
-      const Read3<A> r = read_plane<A>(x + plane * d.H * d.W, static_cast<int>(d.H),
-                                       static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb);
-      sums[0] += g * r.value;
-      sums[1] += g * r.d_alpha;
-      sums[2] += g * r.d_beta;
+      const Read3<A> t = dw_param_terms<A>(go, x, c, e, ta, tb, d);
+      sums[0] += t.value;
+      sums[1] += t.d_alpha;
+      sums[2] += t.d_beta;
     }
     block_sum<A, 3>(sums, shared);
     if (threadIdx.x == 0) {
@@ -148,91 +106,34 @@ __global__ void dw_grad_params_kernel(const S* __restrict__ go, const S* __restr
 
 // ---- bilinear columns ----------------------------------------------------------------
 
-struct Units {
-  int64_t units, per_group, per_set, c_per_group, rows, batch;
-};
-
-inline Units units_of(const Geometry& g) {
-  return {g.units, g.units / g.groups, g.units / g.sets, g.c_per_group,
-          g.c_per_group * g.synapses, g.batch};
-}
-
-// cols[u, ci*K + k, n, pix] = bilinear read of input channel (group(u), ci) with set(u).
 template <typename S, typename A>
-__global__ void im2col_kernel(const S* __restrict__ x, const A* __restrict__ pos,
-                              S* __restrict__ cols, int64_t total, Dims d, Units u) {
-  const int64_t pixels = d.Ho * d.Wo;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t pix = idx % pixels;
-    int64_t t = idx / pixels;
-    const int64_t n = t % u.batch;
-    t /= u.batch;
-    const int64_t row = t % u.rows, unit = t / u.rows;
-    const int64_t ci = row / d.K, k = row % d.K;
-    const int64_t c = (unit / u.per_group) * u.c_per_group + ci, p = unit / u.per_set;
-    AxisTaps<A> ta, tb;
-    taps_of(pos, p, k, d.K, ta, tb);
-    const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
-    cols[idx] = static_cast<S>(read_value<A>(x + (n * d.C + c) * d.H * d.W, static_cast<int>(d.H),
-                                             static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb));
-  }
+__global__ void im2col_kernel(const S* __restrict__ x, const A* __restrict__ pos, S* __restrict__ cols,
+                              int64_t total, Dims d, Units u) {
+  ACU_GRID_STRIDE(idx, total) { cols[idx] = static_cast<S>(im2col_element<A>(x, pos, idx, d, u)); }
 }
 
 template <typename S, typename A>
-__global__ void col2im_kernel(const S* __restrict__ gcols, const A* __restrict__ pos,
-                              S* __restrict__ gx, int64_t total, Dims d, Units u) {
-  const int64_t pixels = d.Ho * d.Wo;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int col = static_cast<int>(idx % d.W);
-    const int r = static_cast<int>((idx / d.W) % d.H);
-    const int64_t c = (idx / (d.W * d.H)) % d.C, n = idx / (d.W * d.H * d.C);
-    const int64_t group = c / u.c_per_group, ci = c % u.c_per_group;
-    A acc = A(0);
-    for (int64_t unit = group * u.per_group; unit < (group + 1) * u.per_group; ++unit) {
-      const int64_t p = unit / u.per_set;
-      for (int64_t k = 0; k < d.K; ++k) {
-        AxisTaps<A> ta, tb;
-        taps_of(pos, p, k, d.K, ta, tb);
-        const S* src = gcols + ((unit * u.rows + ci * d.K + k) * u.batch + n) * pixels;
-        acc += gather_plane<A>(src, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col,
-                               ta, tb);
-      }
-    }
-    gx[idx] = static_cast<S>(acc);
-  }
+__global__ void col2im_kernel(const S* __restrict__ gcols, const A* __restrict__ pos, S* __restrict__ gx,
+                              int64_t total, Dims d, Units u) {
+  ACU_GRID_STRIDE(idx, total) { gx[idx] = static_cast<S>(col2im_element<A>(gcols, pos, idx, d, u)); }
 }
 
 // Block (unit, row, n): the dots of one column row's gradient with its slope reads.
 template <typename S, typename A>
 __global__ void position_partials_kernel(const S* __restrict__ gcols, const S* __restrict__ x,
-                                         const A* __restrict__ pos, A* __restrict__ partial,
-                                         Dims d, Units u, int64_t sets) {
+                                         const A* __restrict__ pos, A* __restrict__ partial, Dims d, Units u,
+                                         int64_t sets) {
   __shared__ A shared[2 * kThreads];
   const int64_t block = blockIdx.x;
-  const int64_t n = block % u.batch, row = (block / u.batch) % u.rows;
-  const int64_t unit = block / (u.batch * u.rows);
-  const int64_t ci = row / d.K, k = row % d.K;
-  const int64_t c = (unit / u.per_group) * u.c_per_group + ci;
-  const int64_t p = unit / u.per_set, q = unit % u.per_set;
-  const int64_t pixels = d.Ho * d.Wo;
-  AxisTaps<A> ta, tb;
-  taps_of(pos, p, k, d.K, ta, tb);
-  const S* src = gcols + static_cast<int64_t>(block) * pixels;
-  const S* xp = x + (n * d.C + c) * d.H * d.W;
   A sums[2] = {A(0), A(0)};
-  for (int64_t pix = threadIdx.x; pix < pixels; pix += kThreads) {
-    const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
-    const A g = static_cast<A>(src[pix]);
-    const Read3<A> r = read_plane<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh,
-                                     j * d.sw, ta, tb);
-    sums[0] += g * r.d_alpha;
-    sums[1] += g * r.d_beta;
+  for (int64_t pix = threadIdx.x; pix < d.Ho * d.Wo; pix += kThreads) {
+    const Read3<A> t = position_terms<A>(gcols, x, pos, block, pix, d, u);
+    sums[0] += t.d_alpha;
+    sums[1] += t.d_beta;
   }
   block_sum<A, 2>(sums, shared);
   if (threadIdx.x == 0) {
-    A* dst = partial + ((n * u.per_set + q) * u.c_per_group + ci) * (sets * d.K * 2) + (p * d.K + k) * 2;
+    A* dst = partial + position_slot(block, d, u, sets);
     dst[0] = shared[0];
     dst[1] = shared[kThreads];
   }
@@ -272,7 +173,7 @@ struct CudaBackend {
       dw_forward_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, stream>>>(
           input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
           positions.const_data_ptr<A>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
-          out.mutable_data_ptr<scalar_t>(), total, dims_of(g), g.c_out / g.sets);
+          out.mutable_data_ptr<scalar_t>(), total, dims_of(g));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return out;
@@ -286,13 +187,12 @@ struct CudaBackend {
     at::Tensor gx = need_x ? at::empty_like(input) : at::Tensor();
     at::Tensor sums;
     const Dims d = dims_of(g);
-    const int64_t per_set = g.c_out / g.sets;
     if (need_x && gx.numel() > 0) {
       ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_input_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
         dw_grad_input_kernel<scalar_t, A><<<blocks_for(gx.numel()), kThreads, 0, stream>>>(
             grad_out.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-            positions.const_data_ptr<A>(), gx.mutable_data_ptr<scalar_t>(), gx.numel(), d, per_set);
+            positions.const_data_ptr<A>(), gx.mutable_data_ptr<scalar_t>(), gx.numel(), d);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
@@ -307,7 +207,7 @@ struct CudaBackend {
         dw_grad_params_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(
             grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
             weight.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(),
-            partial.mutable_data_ptr<A>(), g.batch, d, per_set);
+            partial.mutable_data_ptr<A>(), g.batch, d);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
       sums = reduce_rows(partial).view({g.c_in, g.synapses, 3});

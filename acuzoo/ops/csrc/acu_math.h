@@ -93,10 +93,14 @@ ACU_HD Read3<A> read_plane(const S* plane, int height, int width, int r, int c,
     for (int j = 0; j < tb.count; ++j) {
       const int cc = c + tb.first + j;
       if (cc < 0 || cc >= width) continue;
+      const A cv = ta.value[i] * tb.value[j];
+      const A ca = ta.slope[i] * tb.value[j];
+      const A cb = ta.value[i] * tb.slope[j];
+      if (cv == A(0) && ca == A(0) && cb == A(0)) continue;  // the corners of an integer tap
       const A x = static_cast<A>(plane[static_cast<int64_t>(rr) * width + cc]);
-      out.value += ta.value[i] * tb.value[j] * x;
-      out.d_alpha += ta.slope[i] * tb.value[j] * x;
-      out.d_beta += ta.value[i] * tb.slope[j] * x;
+      out.value += cv * x;
+      out.d_alpha += ca * x;
+      out.d_beta += cb * x;
     }
   }
   return out;
@@ -141,6 +145,146 @@ ACU_HD A gather_plane(const S* grad_plane, int out_h, int out_w, int sh, int sw,
     }
   }
   return out;
+}
+
+// ---- one output or input element of each kernel -------------------------------------
+// The CUDA kernels are these functions plus launch and reduction code; the CPU "twin"
+// (acu_twin.cpp) loops over the same functions, so their arithmetic and indexing are
+// tested against the reference on machines without a GPU.
+
+struct Dims {
+  int64_t C, H, W, Ho, Wo, K;  // C: input channels
+  int sh, sw;
+  int64_t per_set;  // output channels per position set
+};
+
+// Columns layout: (unit, ci * K + k, n, pixel); a unit reads one group with one set.
+struct Units {
+  int64_t units, per_group, per_set, c_per_group, rows, batch;
+};
+
+template <typename A>
+ACU_HD void synapse_taps(const A* pos, int64_t p, int64_t k, int64_t K, AxisTaps<A>& ta, AxisTaps<A>& tb) {
+  ta = axis_taps<A>(pos[(p * K + k) * 2]);
+  tb = axis_taps<A>(pos[(p * K + k) * 2 + 1]);
+}
+
+// Depthwise forward, output element idx of (N, C, Ho, Wo).
+template <typename A, typename S>
+ACU_HD A dw_forward_element(const S* x, const S* w, const A* pos, const S* bias, int64_t idx, const Dims& d) {
+  const int j = static_cast<int>(idx % d.Wo);
+  const int m = static_cast<int>((idx / d.Wo) % d.Ho);
+  const int64_t plane = idx / (d.Wo * d.Ho);  // n * C + c
+  const int64_t c = plane % d.C, p = c / d.per_set;
+  const S* xp = x + plane * d.H * d.W;
+  A acc = bias ? static_cast<A>(bias[c]) : A(0);
+  for (int64_t k = 0; k < d.K; ++k) {
+    AxisTaps<A> ta, tb;
+    synapse_taps(pos, p, k, d.K, ta, tb);
+    acc += static_cast<A>(w[c * d.K + k]) *
+           read_value<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb);
+  }
+  return acc;
+}
+
+// Depthwise input gradient, input element idx of (N, C, H, W), as a gather.
+template <typename A, typename S>
+ACU_HD A dw_grad_input_element(const S* go, const S* w, const A* pos, int64_t idx, const Dims& d) {
+  const int col = static_cast<int>(idx % d.W);
+  const int r = static_cast<int>((idx / d.W) % d.H);
+  const int64_t plane = idx / (d.W * d.H);
+  const int64_t c = plane % d.C, p = c / d.per_set;
+  const S* gp = go + plane * d.Ho * d.Wo;
+  A acc = A(0);
+  for (int64_t k = 0; k < d.K; ++k) {
+    AxisTaps<A> ta, tb;
+    synapse_taps(pos, p, k, d.K, ta, tb);
+    acc += static_cast<A>(w[c * d.K + k]) *
+           gather_plane<A>(gp, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col, ta, tb);
+  }
+  return acc;
+}
+
+// Depthwise weight/position terms of output element e = n * Ho * Wo + pixel of channel c,
+// synapse (ta, tb): grad times the value and slope reads.
+template <typename A, typename S>
+ACU_HD Read3<A> dw_param_terms(const S* go, const S* x, int64_t c, int64_t e, const AxisTaps<A>& ta,
+                               const AxisTaps<A>& tb, const Dims& d) {
+  const int64_t pixels = d.Ho * d.Wo;
+  const int64_t n = e / pixels, pix = e % pixels;
+  const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
+  const int64_t plane = n * d.C + c;
+  const A g = static_cast<A>(go[plane * pixels + pix]);
+  const Read3<A> r = read_plane<A>(x + plane * d.H * d.W, static_cast<int>(d.H), static_cast<int>(d.W),
+                                   m * d.sh, j * d.sw, ta, tb);
+  return {g * r.value, g * r.d_alpha, g * r.d_beta};
+}
+
+// Columns element idx of (U, rows, nb, Ho * Wo).
+template <typename A, typename S>
+ACU_HD A im2col_element(const S* x, const A* pos, int64_t idx, const Dims& d, const Units& u) {
+  const int64_t pixels = d.Ho * d.Wo;
+  const int64_t pix = idx % pixels;
+  int64_t t = idx / pixels;
+  const int64_t n = t % u.batch;
+  t /= u.batch;
+  const int64_t row = t % u.rows, unit = t / u.rows;
+  const int64_t ci = row / d.K, k = row % d.K;
+  const int64_t c = (unit / u.per_group) * u.c_per_group + ci, p = unit / u.per_set;
+  AxisTaps<A> ta, tb;
+  synapse_taps(pos, p, k, d.K, ta, tb);
+  const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
+  return read_value<A>(x + (n * d.C + c) * d.H * d.W, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh,
+                       j * d.sw, ta, tb);
+}
+
+// Input-gradient element idx of (nb, C, H, W) from the columns' gradient, as a gather.
+template <typename A, typename S>
+ACU_HD A col2im_element(const S* gcols, const A* pos, int64_t idx, const Dims& d, const Units& u) {
+  const int64_t pixels = d.Ho * d.Wo;
+  const int col = static_cast<int>(idx % d.W);
+  const int r = static_cast<int>((idx / d.W) % d.H);
+  const int64_t c = (idx / (d.W * d.H)) % d.C, n = idx / (d.W * d.H * d.C);
+  const int64_t group = c / u.c_per_group, ci = c % u.c_per_group;
+  A acc = A(0);
+  for (int64_t unit = group * u.per_group; unit < (group + 1) * u.per_group; ++unit) {
+    const int64_t p = unit / u.per_set;
+    for (int64_t k = 0; k < d.K; ++k) {
+      AxisTaps<A> ta, tb;
+      synapse_taps(pos, p, k, d.K, ta, tb);
+      const S* src = gcols + ((unit * u.rows + ci * d.K + k) * u.batch + n) * pixels;
+      acc += gather_plane<A>(src, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col, ta, tb);
+    }
+  }
+  return acc;
+}
+
+// Position terms of one columns-gradient element: row block = (unit * rows + row) * nb + n
+// of the columns, pixel pix; returns (grad * d/dalpha read, grad * d/dbeta read).
+template <typename A, typename S>
+ACU_HD Read3<A> position_terms(const S* gcols, const S* x, const A* pos, int64_t block, int64_t pix,
+                               const Dims& d, const Units& u) {
+  const int64_t n = block % u.batch, row = (block / u.batch) % u.rows;
+  const int64_t unit = block / (u.batch * u.rows);
+  const int64_t ci = row / d.K, k = row % d.K;
+  const int64_t c = (unit / u.per_group) * u.c_per_group + ci;
+  AxisTaps<A> ta, tb;
+  synapse_taps(pos, unit / u.per_set, k, d.K, ta, tb);
+  const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
+  const A g = static_cast<A>(gcols[block * d.Ho * d.Wo + pix]);
+  const Read3<A> r = read_plane<A>(x + (n * d.C + c) * d.H * d.W, static_cast<int>(d.H), static_cast<int>(d.W),
+                                   m * d.sh, j * d.sw, ta, tb);
+  return {A(0), g * r.d_alpha, g * r.d_beta};
+}
+
+// Where position_terms' sums go: partial row (n, q, ci) for unit = p * per_set + q,
+// column (p, k, axis) of a (rows, P * K * 2) table.
+ACU_HD int64_t position_slot(int64_t block, const Dims& d, const Units& u, int64_t sets) {
+  const int64_t n = block % u.batch, row = (block / u.batch) % u.rows;
+  const int64_t unit = block / (u.batch * u.rows);
+  const int64_t ci = row / d.K, k = row % d.K;
+  const int64_t p = unit / u.per_set, q = unit % u.per_set;
+  return ((n * u.per_set + q) * u.c_per_group + ci) * (sets * d.K * 2) + (p * d.K + k) * 2;
 }
 
 }  // namespace acu

@@ -12,4 +12,11 @@ TORCH_LIBRARY(acuzoo, m) {
   m.def(
       "active_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor positions, "
       "int[2] stride, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The CUDA kernels' per-element code run on the CPU (acu_twin.cpp): for tests only.
+  m.def(
+      "_twin_active_conv2d(Tensor input, Tensor weight, Tensor positions, Tensor? bias, "
+      "int[2] stride, int groups) -> Tensor");
+  m.def(
+      "_twin_active_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, "
+      "Tensor positions, int[2] stride, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

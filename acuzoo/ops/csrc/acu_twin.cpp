@@ -1,0 +1,166 @@
+// The CUDA kernels' CPU twin: the same per-element functions of acu_math.h (the bodies of
+// the CUDA kernels), looped over on the CPU. Registered as acuzoo::_twin_active_conv2d and
+// acuzoo::_twin_active_conv2d_backward for the tests, so that the arithmetic and indexing
+// the GPU runs are checked against the reference on every CI run, GPU or not. Not fast.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "acu_driver.h"
+#include "acu_math.h"
+
+namespace acu {
+namespace {
+
+inline Dims twin_dims(const Geometry& g) {
+  return {g.c_in, g.height, g.width, g.out_h, g.out_w, g.synapses,
+          static_cast<int>(g.stride_h), static_cast<int>(g.stride_w), g.c_out / g.sets};
+}
+
+inline Units twin_units(const Geometry& g) {
+  return {g.units, g.units / g.groups, g.units / g.sets, g.c_per_group, g.c_per_group * g.synapses, g.batch};
+}
+
+struct TwinBackend {
+  // Two chunks for any batch above one, so that the chunked columns code is exercised.
+  static int64_t columns_chunk(const Geometry& g) { return std::max<int64_t>(1, (g.batch + 1) / 2); }
+
+  static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
+                                      const at::Tensor& positions, const std::optional<at::Tensor>& bias,
+                                      const Geometry& g) {
+    at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_twin_dw_forward", [&] {
+      const Dims d = twin_dims(g);
+      const scalar_t* x = input.const_data_ptr<scalar_t>();
+      const scalar_t* w = weight.const_data_ptr<scalar_t>();
+      const scalar_t* pos = positions.const_data_ptr<scalar_t>();
+      const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* y = out.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, out.numel(), 256, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) y[i] = dw_forward_element<scalar_t>(x, w, pos, b, i, d);
+      });
+    });
+    return out;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                                                               const at::Tensor& weight, const at::Tensor& positions,
+                                                               const Geometry& g, bool need_x, bool need_sums) {
+    at::Tensor gx = need_x ? at::empty_like(input) : at::Tensor();
+    at::Tensor sums = need_sums ? at::zeros({g.c_in, g.synapses, 3}, input.options()) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_twin_dw_backward", [&] {
+      using T = scalar_t;
+      const Dims d = twin_dims(g);
+      const T* x = input.const_data_ptr<T>();
+      const T* go = grad_out.const_data_ptr<T>();
+      const T* w = weight.const_data_ptr<T>();
+      const T* pos = positions.const_data_ptr<T>();
+      if (need_x) {
+        T* gxp = gx.mutable_data_ptr<T>();
+        at::parallel_for(0, gx.numel(), 256, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) gxp[i] = dw_grad_input_element<T>(go, w, pos, i, d);
+        });
+      }
+      if (need_sums) {
+        T* out = sums.mutable_data_ptr<T>();
+        const int64_t elems = g.batch * g.out_h * g.out_w;
+        at::parallel_for(0, g.c_in, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t c = begin; c < end; ++c) {
+            for (int64_t k = 0; k < d.K; ++k) {
+              AxisTaps<T> ta, tb;
+              synapse_taps(pos, c / d.per_set, k, d.K, ta, tb);
+              T v = 0, a = 0, b = 0;
+              for (int64_t e = 0; e < elems; ++e) {
+                const Read3<T> t = dw_param_terms<T>(go, x, c, e, ta, tb, d);
+                v += t.value;
+                a += t.d_alpha;
+                b += t.d_beta;
+              }
+              T* dst = out + (c * d.K + k) * 3;
+              dst[0] = v;
+              dst[1] = w[c * d.K + k] * a;
+              dst[2] = w[c * d.K + k] * b;
+            }
+          }
+        });
+      }
+    });
+    return {gx, sums};
+  }
+
+  static void im2col(const at::Tensor& x, const at::Tensor& positions, at::Tensor& cols, const Geometry& g) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "acu_twin_im2col", [&] {
+      const Dims d = twin_dims(g);
+      const Units u = twin_units(g);
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* pos = positions.const_data_ptr<scalar_t>();
+      scalar_t* cp = cols.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, cols.numel(), 256, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) cp[i] = im2col_element<scalar_t>(xp, pos, i, d, u);
+      });
+    });
+  }
+
+  static void col2im(const at::Tensor& gcols, const at::Tensor& positions, at::Tensor& gx, const Geometry& g) {
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "acu_twin_col2im", [&] {
+      const Dims d = twin_dims(g);
+      const Units u = twin_units(g);
+      const scalar_t* gc = gcols.const_data_ptr<scalar_t>();
+      const scalar_t* pos = positions.const_data_ptr<scalar_t>();
+      scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, gx.numel(), 256, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) gxp[i] = col2im_element<scalar_t>(gc, pos, i, d, u);
+      });
+    });
+  }
+
+  static at::Tensor position_partials(const at::Tensor& gcols, const at::Tensor& x, const at::Tensor& positions,
+                                      const Geometry& g) {
+    const Units u = twin_units(g);
+    at::Tensor partial = at::zeros({g.batch * u.per_set * g.c_per_group, g.sets * g.synapses * 2}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "acu_twin_position_partials", [&] {
+      const Dims d = twin_dims(g);
+      const scalar_t* gc = gcols.const_data_ptr<scalar_t>();
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* pos = positions.const_data_ptr<scalar_t>();
+      scalar_t* part = partial.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, g.units * u.rows * g.batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t block = begin; block < end; ++block) {
+          scalar_t a = 0, b = 0;
+          for (int64_t pix = 0; pix < d.Ho * d.Wo; ++pix) {
+            const Read3<scalar_t> t = position_terms<scalar_t>(gc, xp, pos, block, pix, d, u);
+            a += t.d_alpha;
+            b += t.d_beta;
+          }
+          scalar_t* dst = part + position_slot(block, d, u, g.sets);
+          dst[0] = a;
+          dst[1] = b;
+        }
+      });
+    });
+    return partial;
+  }
+
+  static at::Tensor reduce_rows(const at::Tensor& partial) { return partial.sum(0); }
+};
+
+at::Tensor twin_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride, int64_t groups) {
+  return forward<TwinBackend>(input, weight, positions, bias, stride, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> twin_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                                                             const at::Tensor& weight, const at::Tensor& positions,
+                                                             at::IntArrayRef stride, int64_t groups,
+                                                             std::array<bool, 3> mask) {
+  return backward<TwinBackend>(grad_out, input, weight, positions, stride, groups, mask);
+}
+
+}  // namespace
+}  // namespace acu
+
+TORCH_LIBRARY_IMPL(acuzoo, CPU, m) {
+  m.impl("_twin_active_conv2d", &acu::twin_forward);
+  m.impl("_twin_active_conv2d_backward", &acu::twin_backward);
+}
