@@ -25,8 +25,9 @@ Selection rule (keeps the run within a few minutes on 2 CPU cores):
 Known ACU-layer limits become strict xfails, decided by probing the layer, not by name lists:
 if ``ActiveConv2d`` cannot run on the meta device and in bfloat16 (what
 ``test_model_default_cfgs`` does), or cannot be compiled by ``torch.jit.script``, the tests
-that need it are expected to fail on models with ACUs, with the probe's error as the reason.
-Strict: once the layer supports it, the xfail turns into a failure until this rule goes.
+that need it are expected to fail on models with ACUs (names containing "acu"), with the
+probe's error as the reason. Once the layer supports it, the probe passes and the tests run
+as usual; the xfails are strict, so a test that passes despite a failing probe is reported.
 """
 
 from __future__ import annotations
