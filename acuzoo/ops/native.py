@@ -224,7 +224,7 @@ def native_available(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         return False
-    loaded = load()
+    loaded = _loaded if _loaded is not None else load()  # no lock once loaded (torch.compile)
     if loaded is None:
         return False
     if device.type == "cpu":

@@ -254,6 +254,17 @@ def test_torch_compile_matches_eager(ext):
     assert all(max_err(a, b) < TOL for a, b in zip(got, want))
 
 
+def test_availability_check_compiles_without_graph_break(ext):
+    def layer(x, weight, positions, b, stride, groups):
+        if native.native_available(x.device):
+            return native.native_active_conv2d(x, weight, positions, b, stride, groups)
+        return reference_active_conv2d(x, weight, positions, b, stride, groups)
+
+    args = make_args(CASES["depthwise"], 1.5)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    assert max_err(compiled(*args), reference_active_conv2d(*args)) < TOL
+
+
 def test_cpu_is_available_and_meta_is_not(ext):
     assert native.native_available("cpu")
     assert not native.native_available("meta")
