@@ -13,6 +13,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from .hub.commands import COMMANDS as HUB_COMMANDS
 from .lit import ClassificationData, ImageClassifier
 
 Handler = Callable[[list[str]], Any]
@@ -30,6 +31,11 @@ def subcommand(name: str) -> Callable[[Handler], Handler]:
         return handler
 
     return register
+
+
+# The hub's commands: acuzoo convert (weights -> acuzoo checkpoints), acuzoo export (ONNX/TorchScript).
+for _name, _handler in HUB_COMMANDS.items():
+    subcommand(_name)(_handler)
 
 
 def default_loggers(save_dir: str, name: str) -> list[Logger]:

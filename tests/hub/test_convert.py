@@ -1,0 +1,97 @@
+"""Starting acuzoo models from ordinary convnets: timm's and torchvision's MobileNetV2 (any width)
+and timm's legacy_xception become the zoo's ACU model (or its conv twin) with the same logits
+(Lemma 1). Sources are randomly initialised, with BN statistics perturbed so that every tensor
+matters; logits are compared in float64, where only the arithmetic order differs."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from acuzoo.hub.commands import convert_main
+from acuzoo.hub.convert import convert_pretrained, mobilenetv2_width
+from acuzoo.models.mobilenetv2 import MobileNetV2
+from acuzoo.nn import ActiveConv2d
+
+
+@torch.no_grad()
+def _randomized(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _max_logit_difference(source: torch.nn.Module, target: torch.nn.Module, size: int) -> float:
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        return float((source.double()(x) - target.double().eval()(x)).abs().max())
+
+
+def test_timm_mobilenetv2_050_becomes_an_acu_model_with_the_same_logits():
+    source = _randomized(timm.create_model("mobilenetv2_050"))
+    target = convert_pretrained(source, acu=True)
+    assert isinstance(target, MobileNetV2) and target.width == 0.5
+    assert sum(isinstance(m, ActiveConv2d) for m in target.modules()) == 17
+    assert _max_logit_difference(source, target, 64) < 1e-5
+
+
+def test_timm_mobilenetv2_100_becomes_the_registered_acu_model():
+    source = _randomized(timm.create_model("mobilenetv2_100"))
+    target = convert_pretrained(source, acu=True)
+    assert target.pretrained_cfg["architecture"] == "mobilenetv2_acu_100"
+    assert _max_logit_difference(source, target, 64) < 1e-5
+
+
+def test_torchvision_mobilenet_v2_140_becomes_the_conv_twin_with_the_same_logits():
+    source = _randomized(torchvision.models.mobilenet_v2(weights=None, width_mult=1.4))
+    target = convert_pretrained(source, acu=False)
+    assert target.pretrained_cfg["architecture"] == "mobilenetv2_conv_140"
+    assert _max_logit_difference(source, target, 64) < 1e-5
+
+
+def test_torchvision_mobilenet_v2_width_is_read_from_its_shapes():
+    assert mobilenetv2_width(torchvision.models.mobilenet_v2(weights=None, width_mult=0.75)) == 0.75
+
+
+def test_timm_legacy_xception_becomes_xception_acu_with_the_same_logits():
+    source = _randomized(timm.create_model("legacy_xception", num_classes=7))
+    target = convert_pretrained(source, acu=True)
+    assert target.pretrained_cfg["architecture"] == "xception_acu" and target.num_classes == 7
+    assert sum(isinstance(m, ActiveConv2d) for m in target.modules()) == 12
+    assert _max_logit_difference(source, target, 72) < 1e-5
+
+
+def test_a_depth_multiplied_mobilenetv2_is_refused():
+    with pytest.raises(ValueError, match="depth multipliers"):
+        convert_pretrained(timm.create_model("mobilenetv2_110d"))
+
+
+def test_an_unsupported_network_is_refused_by_name():
+    with pytest.raises(TypeError, match="cannot convert timm.models.resnet.ResNet"):
+        convert_pretrained(timm.create_model("resnet10t"))
+
+
+def test_convert_command_writes_a_timm_loadable_acu_checkpoint(tmp_path):
+    source = _randomized(timm.create_model("mobilenetv2_100"))
+    save_file(source.state_dict(), str(tmp_path / "mnv2.safetensors"))
+    out = tmp_path / "mobilenetv2_acu_100.mine.safetensors"
+    entry = convert_main(["--from-timm", "mobilenetv2_100", "--weights", str(tmp_path / "mnv2.safetensors"),
+                          "--out", str(out), "--tag", "mine", "--manifest"])
+    assert entry["name"] == "mobilenetv2_acu_100.mine" and (tmp_path / "manifest.json").is_file()
+    from acuzoo.hub.pretrained import create_pretrained
+
+    model = create_pretrained("mobilenetv2_acu_100", file=out)
+    assert _max_logit_difference(source, model, 64) < 1e-5
+
+
+def test_convert_command_never_downloads(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="never downloads weights"):
+        convert_main(["--from-timm", "mobilenetv2_100", "--out", str(tmp_path / "x.safetensors")])
