@@ -53,7 +53,7 @@ def default_loggers(save_dir: str, name: str) -> list[Logger]:
 
 class AcuzooCLI(LightningCLI):
     """LightningCLI with ``ImageClassifier`` and any ``ClassificationData``, and the defaults a user
-    expects: seed 0, a Rich progress bar, CSV (+ TensorBoard) logs under ``logs/<run_name>/``,
+    expects: seed 0, a Rich progress bar, CSV (+ TensorBoard) logs under ``lightning_logs/<run_name>/``,
     last and best (``val/acc1``) checkpoints, and ``test_after_fit`` to test right after fit."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
@@ -100,7 +100,7 @@ class AcuzooCLI(LightningCLI):
             kwargs["callbacks"] = [*callbacks, RichProgressBar()]
         if trainer.get("logger") in (None, True):
             name = config.get("run_name") or self.model.hparams.get("model_name", "run")
-            kwargs["logger"] = default_loggers(trainer.get("default_root_dir") or "logs", name)
+            kwargs["logger"] = default_loggers(trainer.get("default_root_dir") or "lightning_logs", name)
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:

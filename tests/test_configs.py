@@ -77,7 +77,6 @@ def synthetic_overrides(tmp_path: Path, image_size: int) -> list[str]:
 )
 def test_family_trains_a_few_steps_on_synthetic_data(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths of the configs (data roots, checkpoints) stay here
-    torch.set_num_threads(2)
     # MobileNetV2 and friends need a few pixels left after stride 32, or BatchNorm over a batch of
     # 1x1 maps blows the gradients up (a property of the nets, not of ACUs).
     size = 16 if config.stem.startswith("cifar10_") else 64
