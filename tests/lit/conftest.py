@@ -58,7 +58,7 @@ class TinyACUModule(pl.LightningModule):
         else:
             params = self.parameters()
         opt = torch.optim.SGD(
-            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.momentum > 0
         )
         if self.scheduler is None:
             return opt
@@ -97,7 +97,8 @@ class StepRecorder(pl.Callback):
     used and every group's lr; after each batch, the positions.
 
     A step post-hook: Lightning runs the closure (backward, hooks, clipping) inside
-    ``optimizer.step``, so a pre-hook would come too early; SGD leaves ``.grad`` untouched."""
+    ``optimizer.step``, so a pre-hook would come too early. SGD leaves ``.grad`` untouched on CPU;
+    CUDA's foreach SGD adds (Nesterov) momentum into it in place, so CUDA tests use momentum 0."""
 
     def __init__(self) -> None:
         self.grads: list[list[torch.Tensor]] = []

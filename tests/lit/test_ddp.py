@@ -28,7 +28,5 @@ def test_two_process_ddp_keeps_positions_identical_across_ranks(tmp_path):
             assert torch.equal(a, b), f"ranks disagree on positions after step {step}"
     initial = ranks[0][0]
     for step in range(1, WARMUP_STEPS + 1):
-        assert all(torch.equal(a, b) for a, b in zip(ranks[0][step], initial)), (
-            f"moved in warm-up step {step}"
-        )
+        assert all(torch.equal(a, b) for a, b in zip(ranks[0][step], initial)), f"moved in warm-up step {step}"
     assert not all(torch.equal(a, b) for a, b in zip(ranks[0][-1], initial)), "positions learn after warm-up"

@@ -85,9 +85,7 @@ def test_without_normalization_position_grads_keep_their_norm(tiny_module, loade
 
 def test_normalization_happens_before_gradient_clipping(tiny_module, loader, trainer_factory, recorder):
     # Clipped after normalizing, every synapse keeps the same (clip-scaled) norm, below one.
-    trainer = trainer_factory(
-        max_steps=2, gradient_clip_val=1e-2, callbacks=[PositionLearningRate(), recorder]
-    )
+    trainer = trainer_factory(max_steps=2, gradient_clip_val=1e-2, callbacks=[PositionLearningRate(), recorder])
     trainer.fit(tiny_module(), loader())
     for norms in recorder.grad_norms:
         flat = torch.cat([n.flatten() for n in norms])
@@ -97,9 +95,7 @@ def test_normalization_happens_before_gradient_clipping(tiny_module, loader, tra
 
 def test_normalization_applies_to_the_accumulated_gradient(tiny_module, loader, trainer_factory, recorder):
     data = loader(batches=2)
-    trainer = trainer_factory(
-        max_steps=1, accumulate_grad_batches=2, callbacks=[PositionLearningRate(), recorder]
-    )
+    trainer = trainer_factory(max_steps=1, accumulate_grad_batches=2, callbacks=[PositionLearningRate(), recorder])
     trainer.fit(tiny_module(), data)
 
     # By hand: the mean gradient of the two micro-batches, then normalized once.

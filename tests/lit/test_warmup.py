@@ -12,9 +12,7 @@ def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_positions_are_bit_identical_during_warmup_and_move_after(
-    tiny_module, loader, trainer_factory, recorder
-):
+def test_positions_are_bit_identical_during_warmup_and_move_after(tiny_module, loader, trainer_factory, recorder):
     # One SGD group with momentum and weight decay holds the positions too: both must be skipped.
     module = tiny_module(momentum=0.9, weight_decay=0.1)
     initial = [p.detach().clone() for p in module.positions()]
@@ -38,9 +36,7 @@ def test_positions_get_no_momentum_during_warmup(tiny_module, loader, trainer_fa
     assert state[module.net[0].weight].get("momentum_buffer") is not None
 
 
-def test_momentum_of_positions_starts_at_the_first_step_after_warmup(
-    tiny_module, loader, trainer_factory, recorder
-):
+def test_momentum_of_positions_starts_at_the_first_step_after_warmup(tiny_module, loader, trainer_factory, recorder):
     module = tiny_module(momentum=0.9, weight_decay=0.1)
     trainer = trainer_factory(max_steps=3, callbacks=[PositionWarmup(steps=2), recorder])
     trainer.fit(module, loader())
@@ -51,14 +47,10 @@ def test_momentum_of_positions_starts_at_the_first_step_after_warmup(
         assert torch.allclose(state[p]["momentum_buffer"], grad + 0.1 * value)
 
 
-def test_warmup_counts_optimizer_steps_under_gradient_accumulation(
-    tiny_module, loader, trainer_factory, recorder
-):
+def test_warmup_counts_optimizer_steps_under_gradient_accumulation(tiny_module, loader, trainer_factory, recorder):
     module = tiny_module()
     initial = [p.detach().clone() for p in module.positions()]
-    trainer = trainer_factory(
-        max_steps=3, accumulate_grad_batches=2, callbacks=[PositionWarmup(steps=2), recorder]
-    )
+    trainer = trainer_factory(max_steps=3, accumulate_grad_batches=2, callbacks=[PositionWarmup(steps=2), recorder])
     trainer.fit(module, loader(batches=6))
     after = recorder.positions_after_batch
     assert len(after) == 6
