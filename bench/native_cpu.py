@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch / 8: a smoke run")
     parser.add_argument("--keep-allocator", action="store_true", help="do not set MALLOC_* variables")
     parser.add_argument("--no-auto", action="store_true", help="skip the PyTorch path of the operator")
+    parser.add_argument("--only", default="", help="time only the layers whose name contains this")
     args = parser.parse_args()
     if not args.keep_allocator:
         _reexec_with_allocator_settings()
@@ -105,6 +106,8 @@ def main() -> None:
     print("-" * len(header))
     gen = torch.Generator().manual_seed(0)
     for name, batch, c_in, c_out, size, stride, groups, sets in SHAPES:
+        if args.only not in name:
+            continue
         if args.quick:
             batch = max(1, batch // 8)
         x = torch.randn(batch, c_in, size, size, generator=gen)

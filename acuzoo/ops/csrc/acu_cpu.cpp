@@ -211,6 +211,19 @@ struct CpuBackend {
     return std::max<int64_t>(1, std::min<int64_t>(g.batch, (int64_t(32) << 20) / per_sample));
   }
 
+  // The columns' grouped 1x1 convolution (oneDNN), and its transpose for their gradient.
+  static at::Tensor contract(const at::Tensor& cols, const at::Tensor& weight, const Geometry& g) {
+    const at::Tensor w = weight.view({g.c_out, g.c_per_group * g.synapses, 1, 1});
+    return at::conv2d(cols, w, std::optional<at::Tensor>(), at::IntArrayRef{1, 1}, at::IntArrayRef{0, 0},
+                      at::IntArrayRef{1, 1}, g.units);
+  }
+
+  static at::Tensor contract_backward(const at::Tensor& go, const at::Tensor& weight, const Geometry& g) {
+    const at::Tensor w = weight.view({g.c_out, g.c_per_group * g.synapses, 1, 1});
+    return at::conv_transpose2d(go, w, std::optional<at::Tensor>(), at::IntArrayRef{1, 1}, at::IntArrayRef{0, 0},
+                                at::IntArrayRef{0, 0}, g.units, at::IntArrayRef{1, 1});
+  }
+
   static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& positions,
                                       const std::optional<at::Tensor>& bias, const Geometry& g) {
@@ -310,7 +323,7 @@ struct CpuBackend {
           for (int64_t k = 0; k < K; ++k) {
             acc.assign(static_cast<size_t>(s.out_h) * box.wq, T(0));
             sample_add(xb.data(), box, s, t[2 * k], t[2 * k + 1], T(1), acc.data());
-            narrow_into(acc.data(), s, box, cp + ((u * rows + ci * K + k) * nb + n) * out_plane);
+            narrow_into(acc.data(), s, box, cp + ((n * g.units + u) * rows + ci * K + k) * out_plane);
           }
         }
       });
@@ -340,7 +353,7 @@ struct CpuBackend {
           for (int64_t u = group * units_per_group; u < (group + 1) * units_per_group; ++u) {
             const AxisTaps<T>* t = &taps[2 * (u / units_per_set) * K];
             for (int64_t k = 0; k < K; ++k) {
-              widen(gc + ((u * rows + ci * K + k) * nb + n) * out_plane, s, box, gw);
+              widen(gc + ((n * g.units + u) * rows + ci * K + k) * out_plane, s, box, gw);
               synapse_backward<T>(gw.data(), nullptr, gxb.data(), box, s, t[2 * k], t[2 * k + 1], T(1), false);
             }
           }
@@ -375,7 +388,7 @@ struct CpuBackend {
           const PhaseBox box = phase_box(t, K, s);
           phases_of(xp + (n * g.c_in + c) * in_plane, s, box, xb);
           for (int64_t k = 0; k < K; ++k) {
-            widen(gc + ((u * rows + ci * K + k) * nb + n) * out_plane, s, box, gw);
+            widen(gc + ((n * g.units + u) * rows + ci * K + k) * out_plane, s, box, gw);
             const Read3<T> r =
                 synapse_backward<T>(gw.data(), xb.data(), nullptr, box, s, t[2 * k], t[2 * k + 1], T(1), true);
             T* dst = part + ((n * units_per_set + q) * g.c_per_group + ci) * (g.sets * K * 2) + (p * K + k) * 2;

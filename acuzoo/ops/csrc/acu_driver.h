@@ -9,6 +9,7 @@
 #include <array>
 #include <numeric>
 #include <tuple>
+#include <vector>
 
 namespace acu {
 
@@ -57,6 +58,22 @@ inline bool is_depthwise(const Geometry& g) {
 
 inline at::ScalarType math_type(at::ScalarType t) { return at::toOpMathType(t); }
 
+// Columns (nb, U * rows, Ho, Wo) -> output (nb, C_out, Ho, Wo) with per-sample batched
+// GEMMs; deterministic on every device (the CPU backend uses a 1x1 convolution instead).
+inline at::Tensor contract_by_matmul(const at::Tensor& cols, const at::Tensor& weight, const Geometry& g) {
+  const int64_t nb = cols.size(0), rows = g.c_per_group * g.synapses, pixels = g.out_h * g.out_w;
+  const at::Tensor w = weight.view({g.units, g.c_out / g.units, rows});
+  return at::matmul(w, cols.view({nb, g.units, rows, pixels})).view({nb, g.c_out, g.out_h, g.out_w});
+}
+
+inline at::Tensor contract_backward_by_matmul(const at::Tensor& go, const at::Tensor& weight,
+                                              const Geometry& g) {
+  const int64_t nb = go.size(0), rows = g.c_per_group * g.synapses, pixels = g.out_h * g.out_w;
+  const at::Tensor w_t = weight.view({g.units, g.c_out / g.units, rows}).transpose(1, 2);
+  return at::matmul(w_t, go.reshape({nb, g.units, g.c_out / g.units, pixels}))
+      .view({nb, g.units * rows, g.out_h, g.out_w});
+}
+
 template <class Backend>
 at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& positions_,
                    const std::optional<at::Tensor>& bias_, at::IntArrayRef stride, int64_t groups) {
@@ -68,22 +85,19 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
   if (bias_.has_value() && bias_->defined()) bias = bias_->to(input.scalar_type()).contiguous();
   if (is_depthwise(g)) return Backend::depthwise_forward(input, weight, positions, bias, g);
 
-  at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
-  const int64_t per_unit = g.c_out / g.units;
   const int64_t rows = g.c_per_group * g.synapses;
-  const int64_t pixels = g.out_h * g.out_w;
-  const at::Tensor w = weight.view({g.units, per_unit, rows});
   const int64_t chunk = Backend::columns_chunk(g);
+  std::vector<at::Tensor> pieces;
   for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
     const int64_t nb = std::min(chunk, g.batch - n0);
     Geometry gc = g;
     gc.batch = nb;
-    const at::Tensor x = input.narrow(0, n0, nb);
-    at::Tensor cols = at::empty({g.units, rows, nb * pixels}, input.options());
-    Backend::im2col(x, positions, cols, gc);
-    const at::Tensor y = at::bmm(w, cols).view({g.c_out, nb, pixels});  // (U, per_unit, nb*HWo)
-    out.narrow(0, n0, nb).view({nb, g.c_out, pixels}).copy_(y.transpose(0, 1));
+    // (nb, U * rows, Ho, Wo): the ACU is the grouped 1x1 convolution of these columns.
+    at::Tensor cols = at::empty({nb, g.units * rows, g.out_h, g.out_w}, input.options());
+    Backend::im2col(input.narrow(0, n0, nb), positions, cols, gc);
+    pieces.push_back(Backend::contract(cols, weight, g));
   }
+  at::Tensor out = pieces.size() == 1 ? pieces[0] : at::cat(pieces, 0);
   if (bias.has_value()) out.add_(bias->view({1, g.c_out, 1, 1}));
   return out;
 }
@@ -118,10 +132,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const int64_t per_unit = g.c_out / g.units;
     const int64_t rows = g.c_per_group * g.synapses;
     const int64_t pixels = g.out_h * g.out_w;
-    const at::Tensor w = weight.view({g.units, per_unit, rows});
-    const at::Tensor w_t = w.transpose(1, 2);
     if (need_x) grad_x = at::empty_like(input);
-    at::Tensor gw_acc = need_w ? at::zeros({g.units, per_unit, rows}, input.options().dtype(acc))
+    at::Tensor gw_acc = need_w ? at::zeros({g.units * per_unit * rows}, input.options().dtype(acc))
                                : at::Tensor();
     at::Tensor pos_acc = need_pos ? at::zeros({g.sets * g.synapses * 2}, input.options().dtype(acc))
                                   : at::Tensor();
@@ -131,19 +143,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
       Geometry gc = g;
       gc.batch = nb;
       const at::Tensor x = input.narrow(0, n0, nb);
-      // (U, per_unit, nb * HWo): the output gradient in the columns' layout.
-      const at::Tensor go = grad_out.narrow(0, n0, nb)
-                                .view({nb, g.c_out, pixels})
-                                .transpose(0, 1)
-                                .contiguous()
-                                .view({g.units, per_unit, nb * pixels});
+      const at::Tensor go = grad_out.narrow(0, n0, nb);  // (nb, C_out, Ho, Wo)
       if (need_w) {
-        at::Tensor cols = at::empty({g.units, rows, nb * pixels}, input.options());
+        at::Tensor cols = at::empty({nb, g.units * rows, g.out_h, g.out_w}, input.options());
         Backend::im2col(x, positions, cols, gc);
-        gw_acc.add_(at::bmm(go, cols.transpose(1, 2)).to(acc));
+        // Per sample (U, per_unit, HW) @ (U, HW, rows); summed over samples in a fixed order.
+        const at::Tensor per_sample = at::matmul(go.reshape({nb, g.units, per_unit, pixels}),
+                                                 cols.view({nb, g.units, rows, pixels}).transpose(2, 3));
+        gw_acc.add_(Backend::reduce_rows(per_sample.reshape({nb, -1}).to(acc)));
       }
       if (need_x || need_pos) {
-        const at::Tensor gcols = at::bmm(w_t, go);  // (U, rows, nb * HWo)
+        const at::Tensor gcols = Backend::contract_backward(go, weight, g);  // (nb, U * rows, Ho, Wo)
         if (need_x) {
           at::Tensor gx = grad_x.narrow(0, n0, nb);
           Backend::col2im(gcols, positions, gx, gc);

@@ -158,7 +158,8 @@ struct Dims {
   int64_t per_set;  // output channels per position set
 };
 
-// Columns layout: (unit, ci * K + k, n, pixel); a unit reads one group with one set.
+// Columns layout: (n, unit, ci * K + k, pixel), i.e. a (nb, U * rows, Ho, Wo) image whose
+// grouped 1x1 convolution is the ACU; a unit reads one group with one set.
 struct Units {
   int64_t units, per_group, per_set, c_per_group, rows, batch;
 };
@@ -220,15 +221,13 @@ ACU_HD Read3<A> dw_param_terms(const S* go, const S* x, int64_t c, int64_t e, co
   return {g * r.value, g * r.d_alpha, g * r.d_beta};
 }
 
-// Columns element idx of (U, rows, nb, Ho * Wo).
+// Columns element idx of (nb, U, rows, Ho * Wo).
 template <typename A, typename S>
 ACU_HD A im2col_element(const S* x, const A* pos, int64_t idx, const Dims& d, const Units& u) {
   const int64_t pixels = d.Ho * d.Wo;
   const int64_t pix = idx % pixels;
-  int64_t t = idx / pixels;
-  const int64_t n = t % u.batch;
-  t /= u.batch;
-  const int64_t row = t % u.rows, unit = t / u.rows;
+  const int64_t block = idx / pixels;  // (n * U + unit) * rows + row
+  const int64_t row = block % u.rows, unit = (block / u.rows) % u.units, n = block / (u.rows * u.units);
   const int64_t ci = row / d.K, k = row % d.K;
   const int64_t c = (unit / u.per_group) * u.c_per_group + ci, p = unit / u.per_set;
   AxisTaps<A> ta, tb;
@@ -252,20 +251,20 @@ ACU_HD A col2im_element(const S* gcols, const A* pos, int64_t idx, const Dims& d
     for (int64_t k = 0; k < d.K; ++k) {
       AxisTaps<A> ta, tb;
       synapse_taps(pos, p, k, d.K, ta, tb);
-      const S* src = gcols + ((unit * u.rows + ci * d.K + k) * u.batch + n) * pixels;
+      const S* src = gcols + ((n * u.units + unit) * u.rows + ci * d.K + k) * pixels;
       acc += gather_plane<A>(src, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col, ta, tb);
     }
   }
   return acc;
 }
 
-// Position terms of one columns-gradient element: row block = (unit * rows + row) * nb + n
+// Position terms of one columns-gradient element: row block = (n * U + unit) * rows + row
 // of the columns, pixel pix; returns (grad * d/dalpha read, grad * d/dbeta read).
 template <typename A, typename S>
 ACU_HD Read3<A> position_terms(const S* gcols, const S* x, const A* pos, int64_t block, int64_t pix,
                                const Dims& d, const Units& u) {
-  const int64_t n = block % u.batch, row = (block / u.batch) % u.rows;
-  const int64_t unit = block / (u.batch * u.rows);
+  const int64_t row = block % u.rows, unit = (block / u.rows) % u.units;
+  const int64_t n = block / (u.rows * u.units);
   const int64_t ci = row / d.K, k = row % d.K;
   const int64_t c = (unit / u.per_group) * u.c_per_group + ci;
   AxisTaps<A> ta, tb;
@@ -280,8 +279,8 @@ ACU_HD Read3<A> position_terms(const S* gcols, const S* x, const A* pos, int64_t
 // Where position_terms' sums go: partial row (n, q, ci) for unit = p * per_set + q,
 // column (p, k, axis) of a (rows, P * K * 2) table.
 ACU_HD int64_t position_slot(int64_t block, const Dims& d, const Units& u, int64_t sets) {
-  const int64_t n = block % u.batch, row = (block / u.batch) % u.rows;
-  const int64_t unit = block / (u.batch * u.rows);
+  const int64_t row = block % u.rows, unit = (block / u.rows) % u.units;
+  const int64_t n = block / (u.rows * u.units);
   const int64_t ci = row / d.K, k = row % d.K;
   const int64_t p = unit / u.per_set, q = unit % u.per_set;
   return ((n * u.per_set + q) * u.c_per_group + ci) * (sets * d.K * 2) + (p * d.K + k) * 2;
