@@ -85,6 +85,9 @@ def active_conv2d(
 
 
 def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
+    if positions.dtype not in (torch.float32, torch.float64):
+        # A model cast to fp16/bf16: sub-pixel positions need fp32 to be worth learning.
+        positions = positions.float()
     if path == "reference":
         return reference_active_conv2d(input, weight, positions, bias, stride, groups)
     if path == "auto":

@@ -86,8 +86,6 @@ def check_active_conv2d_args(
             f"weight and bias must have input's dtype ({input.dtype}), got weight "
             f"{weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
         )
-    if positions.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"positions must be float32 or float64, got {positions.dtype}")
     # Meta tensors (shape propagation, timm's meta-device model checks) have no values.
     if not positions.is_meta and not torch.isfinite(positions).all():
         raise ValueError("positions must be finite; got NaN or infinity")

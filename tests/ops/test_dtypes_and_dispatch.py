@@ -69,3 +69,19 @@ def test_meta_tensors_propagate_the_output_shape():
     pos = torch.empty(8, 9, 2, device="meta")
     out = active_conv2d(x, w, pos, None, 2, 8)
     assert out.is_meta and out.shape == (2, 8, 5, 4)
+
+
+def test_a_layer_cast_to_bfloat16_runs_with_positions_computed_in_float32():
+    from acuzoo.nn import ActiveConv2d
+
+    layer = ActiveConv2d(4, 4, 3, groups=4)
+    with torch.no_grad():
+        layer.positions.uniform_(-1.5, 1.5)
+    x = torch.randn(1, 4, 8, 8)
+    expected = layer(x)
+    low = layer.to(torch.bfloat16)
+    out = low(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - expected).abs().max() / expected.abs().max() < 3e-2
+    out.float().sum().backward()
+    assert low.positions.grad.dtype == torch.bfloat16 and torch.isfinite(low.positions.grad).all()
