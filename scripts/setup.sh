@@ -13,5 +13,7 @@ fi
 python=${PYTHON:-python3}
 "$python" -c 'import sys; assert sys.version_info >= (3, 10), "acuzoo needs Python >= 3.10"'
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+# pip.conf here names local wheel folders; its "Location ... ignored" lines are noise.
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]" 2>&1 \
+  | { grep -v "^WARNING: Location .* is ignored" || true; }
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
