@@ -211,19 +211,6 @@ struct CpuBackend {
     return std::max<int64_t>(1, std::min<int64_t>(g.batch, (int64_t(32) << 20) / per_sample));
   }
 
-  // The columns' grouped 1x1 convolution (oneDNN), and its transpose for their gradient.
-  static at::Tensor contract(const at::Tensor& cols, const at::Tensor& weight, const Geometry& g) {
-    const at::Tensor w = weight.view({g.c_out, g.c_per_group * g.synapses, 1, 1});
-    return at::conv2d(cols, w, std::optional<at::Tensor>(), at::IntArrayRef{1, 1}, at::IntArrayRef{0, 0},
-                      at::IntArrayRef{1, 1}, g.units);
-  }
-
-  static at::Tensor contract_backward(const at::Tensor& go, const at::Tensor& weight, const Geometry& g) {
-    const at::Tensor w = weight.view({g.c_out, g.c_per_group * g.synapses, 1, 1});
-    return at::conv_transpose2d(go, w, std::optional<at::Tensor>(), at::IntArrayRef{1, 1}, at::IntArrayRef{0, 0},
-                                at::IntArrayRef{0, 0}, g.units, at::IntArrayRef{1, 1});
-  }
-
   static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& positions,
                                       const std::optional<at::Tensor>& bias, const Geometry& g) {

@@ -155,15 +155,6 @@ __global__ void reduce_rows_kernel(const A* __restrict__ partial, A* __restrict_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 struct CudaBackend {
-  // Per-sample batched GEMMs (cuBLAS on CUDA): deterministic.
-  static at::Tensor contract(const at::Tensor& cols, const at::Tensor& weight, const Geometry& g) {
-    return contract_by_matmul(cols, weight, g);
-  }
-
-  static at::Tensor contract_backward(const at::Tensor& go, const at::Tensor& weight, const Geometry& g) {
-    return contract_backward_by_matmul(go, weight, g);
-  }
-
   static int64_t columns_chunk(const Geometry& g) {
     const int64_t per_sample = g.units * g.c_per_group * g.synapses * g.out_h * g.out_w * 8;
     return std::max<int64_t>(1, std::min<int64_t>(g.batch, kColumnsBytes / std::max<int64_t>(per_sample, 1)));

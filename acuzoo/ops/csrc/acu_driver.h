@@ -58,12 +58,17 @@ inline bool is_depthwise(const Geometry& g) {
 
 inline at::ScalarType math_type(at::ScalarType t) { return at::toOpMathType(t); }
 
-// Columns (nb, U * rows, Ho, Wo) -> output (nb, C_out, Ho, Wo) with per-sample batched
-// GEMMs; deterministic on every device (the CPU backend uses a 1x1 convolution instead).
-inline at::Tensor contract_by_matmul(const at::Tensor& cols, const at::Tensor& weight, const Geometry& g) {
+// Columns (nb, U * rows, Ho, Wo) -> out (nb, C_out, Ho, Wo), written in place, with
+// per-sample batched GEMMs: deterministic on every device.
+inline void contract_by_matmul(const at::Tensor& cols, const at::Tensor& weight, const Geometry& g,
+                               at::Tensor out) {
   const int64_t nb = cols.size(0), rows = g.c_per_group * g.synapses, pixels = g.out_h * g.out_w;
-  const at::Tensor w = weight.view({g.units, g.c_out / g.units, rows});
-  return at::matmul(w, cols.view({nb, g.units, rows, pixels})).view({nb, g.c_out, g.out_h, g.out_w});
+  const int64_t per_unit = g.c_out / g.units;
+  const at::Tensor w = weight.view({1, g.units, per_unit, rows})
+                           .expand({nb, g.units, per_unit, rows})
+                           .reshape({nb * g.units, per_unit, rows});
+  at::Tensor o = out.view({nb * g.units, per_unit, pixels});
+  at::bmm_out(o, w, cols.view({nb * g.units, rows, pixels}));
 }
 
 inline at::Tensor contract_backward_by_matmul(const at::Tensor& go, const at::Tensor& weight,
@@ -87,7 +92,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
 
   const int64_t rows = g.c_per_group * g.synapses;
   const int64_t chunk = Backend::columns_chunk(g);
-  std::vector<at::Tensor> pieces;
+  at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
   for (int64_t n0 = 0; n0 < g.batch; n0 += chunk) {
     const int64_t nb = std::min(chunk, g.batch - n0);
     Geometry gc = g;
@@ -95,9 +100,8 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
     // (nb, U * rows, Ho, Wo): the ACU is the grouped 1x1 convolution of these columns.
     at::Tensor cols = at::empty({nb, g.units * rows, g.out_h, g.out_w}, input.options());
     Backend::im2col(input.narrow(0, n0, nb), positions, cols, gc);
-    pieces.push_back(Backend::contract(cols, weight, g));
+    contract_by_matmul(cols, weight, g, out.narrow(0, n0, nb));
   }
-  at::Tensor out = pieces.size() == 1 ? pieces[0] : at::cat(pieces, 0);
   if (bias.has_value()) out.add_(bias->view({1, g.c_out, 1, 1}));
   return out;
 }
@@ -153,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
         gw_acc.add_(Backend::reduce_rows(per_sample.reshape({nb, -1}).to(acc)));
       }
       if (need_x || need_pos) {
-        const at::Tensor gcols = Backend::contract_backward(go, weight, g);  // (nb, U * rows, Ho, Wo)
+        const at::Tensor gcols = contract_backward_by_matmul(go, weight, g);  // (nb, U * rows, Ho, Wo)
         if (need_x) {
           at::Tensor gx = grad_x.narrow(0, n0, nb);
           Backend::col2im(gcols, positions, gx, gc);

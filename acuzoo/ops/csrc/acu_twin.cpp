@@ -23,15 +23,6 @@ inline Units twin_units(const Geometry& g) {
 }
 
 struct TwinBackend {
-  // Per-sample batched GEMMs (cuBLAS on CUDA): deterministic.
-  static at::Tensor contract(const at::Tensor& cols, const at::Tensor& weight, const Geometry& g) {
-    return contract_by_matmul(cols, weight, g);
-  }
-
-  static at::Tensor contract_backward(const at::Tensor& go, const at::Tensor& weight, const Geometry& g) {
-    return contract_backward_by_matmul(go, weight, g);
-  }
-
   // Two chunks for any batch above one, so that the chunked columns code is exercised.
   static int64_t columns_chunk(const Geometry& g) { return std::max<int64_t>(1, (g.batch + 1) / 2); }
 
