@@ -290,9 +290,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"acuzoo native extension: build failed ({_failed})", file=sys.stderr)
         return 1
     for name in ("active_conv2d", "active_conv2d_backward"):
-        keys = [
-            k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(f"acuzoo::{name}", k)
-        ]
+        keys = [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(f"acuzoo::{name}", k)]
         print(f"op acuzoo::{name} kernels={','.join(keys)}")
     print(f"acuzoo native extension: variant={loaded} cache={cache_root() / build_name(loaded)}")
     return 0

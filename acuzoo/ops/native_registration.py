@@ -46,9 +46,7 @@ def _backward(ctx, grad):
     grads = [None, None, None]
     if any(mask):
         grads = list(
-            torch.ops.acuzoo.active_conv2d_backward(
-                grad, input, weight, positions, ctx.stride, ctx.groups, mask
-            )
+            torch.ops.acuzoo.active_conv2d_backward(grad, input, weight, positions, ctx.stride, ctx.groups, mask)
         )
         grads = [g if wanted else None for g, wanted in zip(grads, mask)]
     grad_bias = None
