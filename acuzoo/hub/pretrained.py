@@ -152,7 +152,7 @@ def check_state_dict(
         raise CheckpointError(f"{path}: tensors of the wrong shape for this model: {wrong[:5]}; nothing was loaded")
     if new_head:
         _logger.warning(
-            "%s: the checkpoint's classifier has %s classes, the model %s: classifier %s is reset "
+            "%s: the checkpoint's classifier has %s classes, the model %s: the classifier (%s) is reset "
             "(freshly initialised); every other tensor is loaded",
             path.name, cfg.get("num_classes"), model_classes, ", ".join(_names(cfg, "classifier")),
         )
@@ -219,8 +219,9 @@ def create_pretrained(
     checkpoint_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """``timm.create_model(name)`` with the checkpoint of ``name``'s tag (or ``file``) loaded,
-    sized as the checkpoint says (class count, input channels) unless ``kwargs`` say otherwise."""
+    """``timm.create_model(name)`` with the checkpoint of ``name`` (``<model>.<tag>``, looked up in the
+    registry) or ``file`` loaded, sized as the checkpoint says (class count, input channels) unless
+    ``kwargs`` say otherwise. Unlike ``timm.create_model``, any tag the registry lists works."""
     import timm
 
     arch, _, tag = name.partition(".")
@@ -231,5 +232,7 @@ def create_pretrained(
     for key in ("num_classes", "in_chans"):
         if metadata.get(key, "").isdigit():
             kwargs.setdefault(key, int(metadata[key]))
-    model = timm.create_model(f"{arch}.{tag}" if tag else arch, pretrained=False, **kwargs)
+    # A tag timm does not know (a user's own checkpoint) builds the default config.
+    registered = f"{arch}.{tag}" in timm.list_models(arch, include_tags=True)
+    model = timm.create_model(f"{arch}.{tag}" if registered else arch, pretrained=False, **kwargs)
     return load_zoo_pretrained(model, path)

@@ -156,7 +156,7 @@ def test_another_class_count_resets_the_classifier_and_says_so(registry, caplog,
     folder, published = registry
     with caplog.at_level(logging.WARNING, logger="acuzoo.hub"):
         model = load_zoo_pretrained(make_model(num_classes=3), checkpoint_dir=folder)
-    assert "classifier has 10 classes, the model 3: classifier head.fc is reset" in caplog.text
+    assert "classifier has 10 classes, the model 3: the classifier (head.fc) is reset" in caplog.text
     assert model.get_classifier().out_features == 3
     trunk = {k: v for k, v in published.state_dict().items() if not k.startswith("head.")}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())
