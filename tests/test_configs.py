@@ -111,3 +111,13 @@ def test_acu_fixed_config_trains_with_frozen_positions_from_a_checkpoint(tmp_pat
     for name, p in trained.state_dict().items():
         if name.endswith("positions"):
             assert torch.equal(last[name], p), f"{name} moved although ACU-Fixed freezes it"
+
+
+def test_quickstart_baseline_is_the_same_run_with_depthwise_convs():
+    configs = {c.stem: yaml.safe_load(c.read_text()) for c in CONFIGS}
+    acu, base = configs["quickstart"], configs["quickstart_baseline"]
+    assert acu["model"].pop("model_name") == "mobilenetv2_acu_080"
+    assert base["model"].pop("model_name") == "mobilenetv2_conv_080"
+    assert acu["model"] == base["model"] and acu["data"] == base["data"]
+    acu_trainer = {k: v for k, v in acu["trainer"].items() if k != "callbacks"}
+    assert acu_trainer == base["trainer"], "same budget and schedule"

@@ -35,8 +35,8 @@ class ImageClassifier(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         lr, momentum, nesterov, weight_decay: SGD; positions are never decayed.
         no_weight_decay_norm_bias: no weight decay on BN and bias parameters either.
-        schedule: "multistep" (divide by ``1/gamma`` at ``milestones``), "linear" (to 0 over
-            ``schedule_length``) or "constant".
+        schedule: "multistep" (multiply by ``gamma`` at each of ``milestones``; default the CIFAR
+            recipe's 32k and 48k steps), "linear" (to 0 over ``schedule_length``) or "constant".
         schedule_interval: the schedule counts optimizer "step"s or "epoch"s.
         schedule_length: linear decay length; default the trainer's max_epochs or total steps.
     """
