@@ -88,7 +88,9 @@ def mobilenetv2_width(source: nn.Module) -> float:
     multiple of 0.05 whose acuzoo network has exactly these shapes."""
     shapes = [tuple(m.weight.shape[:2]) for _, m in _layers(source) if isinstance(m, nn.Conv2d)]
     in_chans = shapes[0][1]
-    for step in range(1, 81):  # 0.05 .. 4.0
+    # The last block has 320 x width channels (rounded to 8): only widths near that can fit.
+    near = shapes[-1][1] / 320  # the head conv reads the last block
+    for step in range(max(1, round(20 * near) - 2), min(80, round(20 * near) + 2) + 1):  # multiples of 0.05 <= 4
         width = step / 20
         candidate = MobileNetV2(width=width, in_chans=in_chans, num_classes=1, device="meta")
         mine = [tuple(m.weight.shape[:2]) for _, m in _layers(candidate) if isinstance(m, nn.Conv2d)]
