@@ -3,18 +3,21 @@ applies autocast, and picks the fastest correct path for the device, dtype and s
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
 
+from . import native
 from .columns import columns_active_conv2d
 from .dense import dense_active_conv2d
 from .geometry import column_units, kernel_radius, output_size
 from .reference import reference_active_conv2d
 from .validation import autocast_enabled, check_active_conv2d_args, pair
 
-Path = Literal["auto", "dense", "columns", "reference"]
-PATHS = ("auto", "dense", "columns", "reference")
+Path = Literal["auto", "native", "dense", "columns", "reference"]
+PATHS = ("auto", "native", "dense", "columns", "reference")
+log = logging.getLogger(__name__)
 
 # Columns cost per (input channel, synapse, output pixel), in units of one multiply-add of
 # the dense conv. The PyTorch columns path interpolates with one strided elementwise op per
@@ -24,19 +27,85 @@ PATHS = ("auto", "dense", "columns", "reference")
 _COLUMN_ELEMENT_COST = 400.0
 # Beyond this many (set, input slice) segments the columns path is Python-bound.
 _MAX_COLUMN_SEGMENTS = 8
+# The native columns kernels (im2col + GEMM) cost about a dense box of 4 taps per synapse
+# (bench/native_cpu.py: ~4x the 3x3 conv for the 64->64 CIFAR layer at every spread).
+_NATIVE_COLUMNS_TAPS_PER_SYNAPSE = 4
 
 
-def choose_path(x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, groups: int) -> str:
-    """The cheaper of the dense-kernel and bilinear-columns paths, by a simple cost model."""
+def choose_path(
+    x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, groups: int, native: bool | None = None
+) -> str:
+    """The fastest correct path for this layer: "native", "dense" or "columns".
+
+    ``native`` says whether the native kernels serve ``x``'s device and dtype (None: find out).
+    On CUDA the native kernels always win (direct interpolation, no dense box). On the CPU they
+    win for depthwise layers; elsewhere a cost model compares the dense box with the columns.
+    """
+    if native is None:
+        native = native_serves(x)
     c_out, c_per_group, k = weight.shape
-    _, segments = column_units(x.shape[1], c_out, groups, positions.shape[0])
-    if len(segments) > _MAX_COLUMN_SEGMENTS:
-        return "dense"
+    depthwise = groups > 1 and groups == x.shape[1] == c_out
+    if native and (x.device.type == "cuda" or depthwise):
+        return "native"
     ra, _ = kernel_radius(positions[..., 0])
     rb, _ = kernel_radius(positions[..., 1])
     dense_cost = c_out * c_per_group * (2 * ra + 1) * (2 * rb + 1)
+    if native:
+        columns_cost = c_out * c_per_group * k * _NATIVE_COLUMNS_TAPS_PER_SYNAPSE
+        return "dense" if dense_cost <= columns_cost else "native"
+    _, segments = column_units(x.shape[1], c_out, groups, positions.shape[0])
+    if len(segments) > _MAX_COLUMN_SEGMENTS:
+        return "dense"
     columns_cost = c_out * c_per_group * k + x.shape[1] * k * _COLUMN_ELEMENT_COST
     return "dense" if dense_cost <= columns_cost else "columns"
+
+
+_checked_devices: dict[str, bool] = {}
+
+
+def native_serves(x: torch.Tensor) -> bool:
+    """Whether the native kernels are built, support ``x``'s dtype, and pass on its device."""
+    if not native.supported_dtype(x.device, x.dtype) or not native.native_available(x.device):
+        return False
+    if x.device.type == "cpu":
+        return True  # the CPU kernels are held to the reference by the test suite
+    key = str(x.device)
+    if key not in _checked_devices:
+        _checked_devices[key] = _native_self_check(x.device)
+    return _checked_devices[key]
+
+
+def _native_self_check(device: torch.device) -> bool:
+    """First use on a GPU: native against the dense path in float64, forward and gradients.
+
+    A GPU build no test here has run on must not give wrong answers silently; if it
+    disagrees, say so once and keep to the PyTorch paths on that device.
+    """
+    gen = torch.Generator().manual_seed(0)
+    for c_in, c_out, groups, sets, stride in ((8, 8, 8, 8, 2), (6, 8, 2, 4, 1)):
+        tensors = [
+            torch.randn(2, c_in, 9, 7, generator=gen, dtype=torch.float64),
+            torch.randn(c_out, c_in // groups, 9, generator=gen, dtype=torch.float64),
+            (torch.rand(sets, 9, 2, generator=gen, dtype=torch.float64) * 2 - 1) * 2.5,
+            torch.randn(c_out, generator=gen, dtype=torch.float64),
+        ]
+        results = []
+        for run in (native.native_active_conv2d, dense_active_conv2d):
+            leaves = [t.to(device).requires_grad_() for t in tensors]
+            with torch.enable_grad():
+                out = run(*leaves, (stride, stride), groups)
+                grads = torch.autograd.grad(out.square().sum(), leaves)
+            results.append((out, *grads))
+        error = max(float((a - b).abs().max()) for a, b in zip(*results))
+        if not error < 1e-8:
+            log.warning(
+                "acuzoo native kernels disagree with the dense path on %s (max error %.3g); "
+                "using the PyTorch paths there",
+                device,
+                error,
+            )
+            return False
+    return True
 
 
 def _prefers_channels_last(x: torch.Tensor, groups: int) -> bool:
@@ -63,7 +132,8 @@ def active_conv2d(
         bias: optional (C_out,).
         stride: int or (row, column) pair; output pixel (m, n) reads (m*s + alpha, n*s + beta).
         groups: conv groups, as in ``nn.Conv2d``.
-        path: "auto" (default) picks; the others force a path, for tests and benchmarks.
+        path: "auto" (default) picks; the others force a path, for tests and benchmarks
+            ("native" builds the extension on first use and raises if it cannot).
 
     Returns:
         (N, C_out, (H - 1) // s + 1, (W - 1) // s + 1).
@@ -92,6 +162,8 @@ def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
         return reference_active_conv2d(input, weight, positions, bias, stride, groups)
     if path == "auto":
         path = choose_path(input, weight, positions, groups)
+    if path == "native":
+        return native.native_active_conv2d(input, weight, positions, bias, stride, groups)
     if path == "columns":
         out_hw = output_size(tuple(input.shape[-2:]), stride)
         return columns_active_conv2d(input, weight, positions, bias, stride, groups, out_hw)

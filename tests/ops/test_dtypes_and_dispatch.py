@@ -46,21 +46,37 @@ def test_auto_prefers_columns_once_the_dense_box_explodes():
     w = torch.randn(64, 64, 9)
     pos = (torch.rand(1, 9, 2) * 2 - 1) * 12
     pos[0, 0] = torch.tensor([12.0, -12.0])
-    assert choose_path(x, w, pos, 1) == "columns"
+    assert choose_path(x, w, pos, 1, native=False) == "columns"
 
 
-def test_auto_prefers_dense_for_depthwise_layers():
+def test_auto_prefers_native_kernels_for_depthwise_layers_when_built():
     x = torch.randn(2, 64, 16, 16)
     w = torch.randn(64, 1, 9)
     pos = (torch.rand(64, 9, 2) * 2 - 1) * 3
-    assert choose_path(x, w, pos, 64) == "dense"
+    assert choose_path(x, w, pos, 64, native=True) == "native"
+
+
+def test_auto_prefers_native_columns_for_a_shared_layer_with_wide_spread_when_built():
+    x = torch.randn(2, 64, 16, 16)
+    w = torch.randn(64, 64, 9)
+    pos = (torch.rand(1, 9, 2) * 2 - 1) * 3
+    pos[0, 0] = torch.tensor([3.0, -3.0])
+    assert choose_path(x, w, pos, 1, native=True) == "native"
+
+
+def test_auto_prefers_dense_for_depthwise_layers_without_native_kernels():
+    x = torch.randn(2, 64, 16, 16)
+    w = torch.randn(64, 1, 9)
+    pos = (torch.rand(64, 9, 2) * 2 - 1) * 3
+    assert choose_path(x, w, pos, 64, native=False) == "dense"
 
 
 def test_auto_prefers_dense_for_a_shared_layer_on_its_grid():
     x = torch.randn(2, 64, 16, 16)
     w = torch.randn(64, 64, 9)
     grid = torch.tensor([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)
-    assert choose_path(x, w, grid[None], 1) == "dense"
+    assert choose_path(x, w, grid[None], 1, native=False) == "dense"
+    assert choose_path(x, w, grid[None], 1, native=True) == "dense"
 
 
 def test_meta_tensors_propagate_the_output_shape():
@@ -85,3 +101,18 @@ def test_a_layer_cast_to_bfloat16_runs_with_positions_computed_in_float32():
     assert (out.float() - expected).abs().max() / expected.abs().max() < 3e-2
     out.float().sum().backward()
     assert low.positions.grad.dtype == torch.bfloat16 and torch.isfinite(low.positions.grad).all()
+
+
+def test_the_native_self_check_passes_on_kernels_that_agree():
+    from acuzoo.ops import dispatch
+
+    assert dispatch._native_self_check(torch.device("cpu"))
+
+
+def test_the_native_self_check_rejects_kernels_that_disagree(monkeypatch, caplog):
+    from acuzoo.ops import dispatch, native
+
+    honest = native.native_active_conv2d
+    monkeypatch.setattr(native, "native_active_conv2d", lambda *a: honest(*a) * 1.001)
+    assert not dispatch._native_self_check(torch.device("cpu"))
+    assert "disagree with the dense path" in caplog.text

@@ -23,7 +23,7 @@ LAYOUTS = {
     "sets_without_groups": (6, 6, 1, 3),
 }
 SPREADS = ["grid", "integers", "inside", "1.5", "4", "far"]
-FAST_PATHS = ["dense", "columns", "auto"]
+FAST_PATHS = ["dense", "columns", "native", "auto"]
 
 
 def make_positions(p: int, k: int, spread: str, gen: torch.Generator) -> torch.Tensor:
