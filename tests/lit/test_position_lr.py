@@ -52,10 +52,11 @@ def test_a_group_of_positions_only_is_rescaled_in_place(tiny_module, loader, tra
     ],
     ids=["multistep-by-iterations", "linear-by-epochs"],
 )
+@pytest.mark.parametrize("separate", [False, True], ids=["split-group", "own-group"])
 def test_lr_ratio_holds_at_every_schedule_step(
-    tiny_module, loader, trainer_factory, recorder, scheduler, interval, steps, batches
+    tiny_module, loader, trainer_factory, recorder, scheduler, interval, steps, batches, separate
 ):
-    module = tiny_module(scheduler=scheduler, interval=interval)
+    module = tiny_module(scheduler=scheduler, interval=interval, separate_positions=separate)
     trainer = trainer_factory(max_steps=steps, callbacks=[PositionLearningRate(lr_mult=0.01), recorder])
     trainer.fit(module, loader(batches=batches))
     assert len(recorder.lrs) == steps
