@@ -70,12 +70,8 @@ class AcuzooCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--run_name", type=str | None, default=None, help="log folder name (default: model)"
-        )
-        parser.add_argument(
-            "--test_after_fit", type=bool, default=False, help="fit, then test the best checkpoint"
-        )
+        parser.add_argument("--run_name", type=str | None, default=None, help="log folder name (default: model)")
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="fit, then test the best checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -94,9 +90,7 @@ class AcuzooCLI(LightningCLI):
         config = self._subcommand_config()
         trainer = config.get("trainer", {})
         callbacks = list(trainer.get("callbacks") or [])
-        if trainer.get("enable_progress_bar") is not False and not any(
-            isinstance(c, ProgressBar) for c in callbacks
-        ):
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = [*callbacks, RichProgressBar()]
         if trainer.get("logger") in (None, True):
             name = config.get("run_name") or self.model.hparams.get("model_name", "run")
@@ -108,9 +102,7 @@ class AcuzooCLI(LightningCLI):
             return
         checkpoint = self.trainer.checkpoint_callback
         ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        rank_zero_info(
-            f"test_after_fit: testing {'the best checkpoint' if ckpt_path else 'the final weights'}"
-        )
+        rank_zero_info(f"test_after_fit: testing {'the best checkpoint' if ckpt_path else 'the final weights'}")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
 
 

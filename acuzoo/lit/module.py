@@ -67,9 +67,7 @@ class ImageClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = build_model(
-            model_name, num_classes, in_chans, pretrained, model_kwargs or {}, convert_to_acu
-        )
+        self.model = build_model(model_name, num_classes, in_chans, pretrained, model_kwargs or {}, convert_to_acu)
         if init_weights_from:
             load_matching_weights(self.model, init_weights_from)
         if init_positions_from:
@@ -125,9 +123,7 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
         groups = parameter_groups(self.model, h.weight_decay, h.no_weight_decay_norm_bias)
-        optimizer = torch.optim.SGD(
-            groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov and h.momentum > 0
-        )
+        optimizer = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, nesterov=h.nesterov and h.momentum > 0)
         length = h.schedule_length
         if h.schedule == "linear" and length is None:
             length = self.trainer.max_epochs if h.schedule_interval == "epoch" else None

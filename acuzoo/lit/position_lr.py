@@ -45,9 +45,7 @@ class PositionLearningRate(Callback):
             rank_zero_warn("PositionLearningRate: the model has no trainable ACU positions; nothing to do")
             return
         for optimizer in trainer.optimizers:
-            schedulers = [
-                c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer
-            ]
+            schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
             isolate_positions(optimizer, positions, self.lr_mult, schedulers)
 
     def on_before_optimizer_step(

@@ -19,9 +19,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     without the LightningModule's ``model.`` prefix."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist (expected a .ckpt, .pt/.pth or .safetensors)"
-        )
+        raise FileNotFoundError(f"checkpoint {path} does not exist (expected a .ckpt, .pt/.pth or .safetensors)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

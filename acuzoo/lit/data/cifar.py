@@ -47,9 +47,7 @@ def layout(root: str | Path, num_classes: int) -> str:
     return f"expected {Path(root) / FOLDERS[num_classes]}/ holding {files} (torchvision's python version)"
 
 
-def load_split(
-    root: str | Path, num_classes: Literal[10, 100], split: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(root: str | Path, num_classes: Literal[10, 100], split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images (N, 3, 32, 32), int64 labels (N,)) read from torchvision's pickled batches."""
     images, labels = [], []
     for name in SPLITS[num_classes][split]:
@@ -62,9 +60,7 @@ def load_split(
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(batch[LABEL_KEYS[num_classes]], dtype=np.int64))
         except Exception as err:
-            raise ValueError(
-                f"CIFAR-{num_classes}: {path} is malformed ({err}); {layout(root, num_classes)}"
-            ) from err
+            raise ValueError(f"CIFAR-{num_classes}: {path} is malformed ({err}); {layout(root, num_classes)}") from err
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 

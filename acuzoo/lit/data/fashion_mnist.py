@@ -78,8 +78,7 @@ def load_split(root: str | Path, split: Literal["train", "test"]) -> tuple[torch
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(
-            f"{image_path} / {label_path}: {images.shape} images do not match "
-            f"{labels.shape} labels ({LAYOUT})"
+            f"{image_path} / {label_path}: {images.shape} images do not match {labels.shape} labels ({LAYOUT})"
         )
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
@@ -167,8 +166,6 @@ class FashionMNISTData(ClassificationData):
         if stage in (None, "fit", "validate"):
             images, labels = load_split(self.root, "train")
             train = TensorImages(images, labels, transform(True))
-            self.train_set, self.val_set = self.split_train(
-                train, TensorImages(images, labels, transform(False))
-            )
+            self.train_set, self.val_set = self.split_train(train, TensorImages(images, labels, transform(False)))
         images, labels = load_split(self.root, "test")
         self.test_set = TensorImages(images, labels, transform(False))

@@ -98,9 +98,7 @@ class ImageFolderData(ClassificationData):
         evaluate = eval_transform(config, size, channels)
         if stage in (None, "fit", "validate"):
             interpolation = config.get("interpolation", "bilinear")
-            interpolation = (
-                interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
-            )
+            interpolation = interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
             self.train_set = self._dataset("train", train_transform(size, channels, mean, std, interpolation))
             self.val_set = self._dataset("val", evaluate)
             if self.train_set.classes != self.val_set.classes:
