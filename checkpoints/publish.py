@@ -78,7 +78,7 @@ def publish(run: str) -> dict:
     model_name = RUNS[run]
     ckpt, metrics, version = run_results(run)
     out = HERE / f"{model_name}.{TAG}.safetensors"
-    entry = convert_lightning_checkpoint(ckpt, out, TAG)
+    entry = convert_lightning_checkpoint(ckpt, out, TAG, manifest=True)  # the new sha first: then measure
     model = create_pretrained(model_name, file=out)
     config = f"checkpoints/configs/fmnist_{run}.yaml"
     measure = f"python train.py test --config {config} --model.model_name {model_name}.{TAG} --model.pretrained true"

@@ -1,0 +1,67 @@
+"""Deployment export of the published ACU checkpoints: every ACU fused into an ordinary conv
+(Theorem 2), then ONNX (checked with ONNX Runtime) and TorchScript, on real Fashion-MNIST test images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from acuzoo.hub.commands import export_main
+from acuzoo.hub.export import export_onnx, export_torchscript, fused_copy
+from acuzoo.hub.pretrained import create_pretrained
+from acuzoo.nn import ActiveConv2d
+
+ACU_CHECKPOINTS = ["cifar_resnet29_acu.fmnist", "mobilenetv2_acu_100.fmnist"]
+
+
+@pytest.fixture(scope="module", params=ACU_CHECKPOINTS)
+def trained(request):
+    return create_pretrained(request.param).eval()
+
+
+def test_the_published_acus_have_moved_off_the_grid(trained):
+    """Otherwise fusing would be trivial: the positions are learned, not the initial 3x3 grid."""
+    layers = [m for m in trained.modules() if isinstance(m, ActiveConv2d)]
+    assert layers and any(not torch.equal(m.positions, m.positions.round()) for m in layers)
+
+
+def test_fusing_leaves_no_acu_and_the_same_predictions(trained, fmnist_test_images):
+    images, _ = fmnist_test_images(64)
+    fused = fused_copy(trained)
+    assert not any(isinstance(m, ActiveConv2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(images), trained(images), rtol=0, atol=1e-4)
+
+
+def test_onnx_runtime_matches_pytorch_on_real_images(trained, fmnist_test_images):
+    ort = pytest.importorskip("onnxruntime")
+    images, _ = fmnist_test_images(64)
+    data = export_onnx(trained, None, images[:2])
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"images": images.numpy()})  # another batch size: the batch axis is dynamic
+    with torch.no_grad():
+        expected = trained(images)
+    assert (torch.from_numpy(got) - expected).abs().max() < 1e-4
+
+
+def test_torchscript_matches_pytorch_on_real_images(fmnist_test_images, tmp_path):
+    model = create_pretrained("cifar_resnet29_acu.fmnist").eval()
+    images, _ = fmnist_test_images(16)
+    export_torchscript(model, tmp_path / "model.pt")
+    loaded = torch.jit.load(str(tmp_path / "model.pt"))
+    with torch.no_grad():
+        assert (loaded(images) - model(images)).abs().max() < 1e-4
+
+
+def test_export_command_writes_onnx_and_torchscript_and_reports_the_check(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    report = export_main([
+        "mobilenetv2_acu_100.fmnist", "--onnx", str(tmp_path / "m.onnx"), "--torchscript", str(tmp_path / "m.pt"),
+    ])
+    assert (tmp_path / "m.onnx").stat().st_size == report["onnx"]["bytes"] > 1_000_000
+    assert (tmp_path / "m.pt").is_file()
+    assert report["onnx"]["max_abs_diff_vs_pytorch"] < 1e-4
+    assert report["torchscript"]["max_abs_diff_vs_pytorch"] < 1e-4
+    assert json.loads(capsys.readouterr().out)["model"] == "mobilenetv2_acu_100.fmnist"
