@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 from timm.layers import BatchNormAct2d, ClassifierHead, get_device_dtype
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices  # not re-exported by timm.models
 from torch import nn
 
+from ..hub.pretrained import build_zoo_model
+from ..hub.published import fmnist_cfg
 from ..nn import ActiveConv2d
 from ._common import MAX_NUM_CLASSES, check_int_range, check_model_args
 
@@ -300,7 +302,8 @@ def create_cifar_model(variant: str, pretrained: bool = False, **kwargs: Any) ->
     """Build a registered CIFAR variant through timm (pretrained cfg, features_only, ...)."""
     # Four features (stem + three stages) instead of timm's default five.
     feature_cfg = dict(flatten_sequential=True, out_indices=(0, 1, 2, 3))
-    return build_model_with_cfg(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    # Pretrained weights come from acuzoo's checkpoint registry (checked, never downloaded).
+    return build_zoo_model(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 def cifar_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
@@ -367,8 +370,11 @@ _NOTES = {
     "cifar_resnet29_x1d_acu_share": "Table 5: x1d/ACU/Share, 1.15M",
 }
 
+_PUBLISHED = ("cifar_resnet29_conv3", "cifar_resnet29_acu")  # checkpoints/manifest.json
 default_cfgs = generate_default_cfgs(
-    {f"{name}.cifar10": cifar_cfg(notes=(_NOTES.get(name, "Table 3 grid"),)) for name in model_cfgs}
+    # Published checkpoints first; '*' keeps cifar10 the default tag (timm prefers one with weights).
+    {f"{n}.fmnist": cifar_cfg(**fmnist_cfg(n), pool_size=(7, 7)) for n in _PUBLISHED}
+    | {f"{name}.cifar10*": cifar_cfg(notes=(_NOTES.get(name, "Table 3 grid"),)) for name in model_cfgs}
 )
 
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 from timm.layers import make_divisible
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from ..hub.pretrained import build_zoo_model
 from ._common import ZooNet, check_model_args, depthwise_conv
 
 __all__ = ["InceptionBN"]
@@ -143,7 +144,8 @@ class InceptionBN(ZooNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> InceptionBN:
-    return build_model_with_cfg(
+    # Pretrained weights come from acuzoo's checkpoint registry (checked, never downloaded).
+    return build_zoo_model(
         InceptionBN, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs
     )
 

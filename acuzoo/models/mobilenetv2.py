@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 from timm.layers import make_divisible
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from ..hub.pretrained import build_zoo_model
+from ..hub.published import fmnist_cfg
 from ._common import ZooNet, check_model_args, depthwise_conv
 
 __all__ = ["MobileNetV2"]
@@ -131,9 +133,8 @@ class MobileNetV2(ZooNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MobileNetV2:
-    return build_model_with_cfg(
-        MobileNetV2, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs
-    )
+    # Pretrained weights come from acuzoo's checkpoint registry (checked, never downloaded).
+    return build_zoo_model(MobileNetV2, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -154,8 +155,11 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
+_PUBLISHED = ("mobilenetv2_conv_100", "mobilenetv2_acu_100")  # checkpoints/manifest.json
 default_cfgs = generate_default_cfgs(
-    {f"mobilenetv2_{kind}_{w}.in1k": _cfg() for kind in ("acu", "conv") for w in WIDTHS}
+    # Published checkpoints first; '*' keeps in1k the default tag (timm prefers one with weights).
+    {f"{n}.fmnist": _cfg(**fmnist_cfg(n), pool_size=(1, 1)) for n in _PUBLISHED}
+    | {f"mobilenetv2_{kind}_{w}.in1k*": _cfg() for kind in ("acu", "conv") for w in WIDTHS}
     | {"mobilenetv2_acu.in1k": _cfg()}
 )
 

@@ -14,9 +14,10 @@ layout is timm's ``legacy_xception``'s, one block deeper in the names, so its we
 from typing import Any
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from ..hub.pretrained import build_zoo_model
 from ._common import ZooNet, check_model_args, depthwise_conv
 
 __all__ = ["Xception"]
@@ -123,7 +124,8 @@ class Xception(ZooNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> Xception:
-    return build_model_with_cfg(
+    # Pretrained weights come from acuzoo's checkpoint registry (checked, never downloaded).
+    return build_zoo_model(
         Xception, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs
     )
 

@@ -78,7 +78,8 @@ def test_names_do_not_shadow_timm_models():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_pretrained_cfg_is_complete_and_tagged_cifar10(name):
-    assert timm.list_models(name, include_tags=True) == [f"{name}.cifar10"]
+    published = name in ("cifar_resnet29_conv3", "cifar_resnet29_acu")  # checkpoints/manifest.json
+    assert timm.list_models(name, include_tags=True) == [f"{name}.cifar10"] + [f"{name}.fmnist"] * published
     cfg = timm.create_model(name, device="meta").pretrained_cfg
     assert cfg["tag"] == "cifar10"
     assert cfg["url"] == "" and not cfg.get("file") and not cfg.get("hf_hub_id")
