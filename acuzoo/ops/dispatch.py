@@ -31,17 +31,23 @@ _MAX_COLUMN_SEGMENTS = 8
 # (bench/native_cpu.py: ~4x the 3x3 conv for the 64->64 CIFAR layer at every spread).
 _NATIVE_COLUMNS_TAPS_PER_SYNAPSE = 4
 _DENSE_DEPTHWISE_MAX_BOX = 25
+_NATIVE_DEPTHWISE_MIN_PIXELS = 49
 
 
 def choose_path(
-    x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, groups: int, native: bool | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    positions: torch.Tensor,
+    groups: int,
+    native: bool | None = None,
+    stride: tuple[int, int] = (1, 1),
 ) -> str:
     """The fastest correct path for this layer: "native", "dense" or "columns".
 
     ``native`` says whether the native kernels serve ``x``'s device and dtype (None: find out).
     On CUDA the native kernels always win (direct interpolation, no dense box). On the CPU they
-    win for depthwise layers whose box outgrows 5x5; elsewhere a cost model compares the dense
-    box with the columns.
+    win for depthwise layers except on small planes with a box up to 5x5; elsewhere a cost
+    model compares the dense box with the columns.
     """
     if native is None:
         native = native_serves(x)
@@ -53,9 +59,13 @@ def choose_path(
     rb, _ = kernel_radius(positions[..., 1])
     box = (2 * ra + 1) * (2 * rb + 1)
     if native and depthwise:
-        # Up to 5x5 the platform's depthwise conv of the dense kernel is as fast or faster
-        # (small planes especially: MobileNetV2 at 32 px trains 1.8x faster on it).
-        return "dense" if box <= _DENSE_DEPTHWISE_MAX_BOX else "native"
+        # bench/ops.py: on MobileNetV2's planes at 224 px (7x7 and up, B=32) the native kernels
+        # run forward+backward at 0.7-1.5x the 3x3 conv where the dense path takes 2-3x. On
+        # small planes (MobileNetV2 at 32 px: 16x16 and down) the dense kernel's conv wins up to
+        # a 5x5 box (a whole training step 1.8x faster).
+        out_pixels = ((x.shape[-2] - 1) // stride[0] + 1) * ((x.shape[-1] - 1) // stride[1] + 1)
+        small = out_pixels < _NATIVE_DEPTHWISE_MIN_PIXELS
+        return "dense" if small and box <= _DENSE_DEPTHWISE_MAX_BOX else "native"
     dense_cost = c_out * c_per_group * box
     if native:
         columns_cost = c_out * c_per_group * k * _NATIVE_COLUMNS_TAPS_PER_SYNAPSE
@@ -168,7 +178,7 @@ def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
     if path == "reference":
         return reference_active_conv2d(input, weight, positions, bias, stride, groups)
     if path == "auto":
-        path = choose_path(input, weight, positions, groups)
+        path = choose_path(input, weight, positions, groups, stride=stride)
     if path == "native":
         return native.native_active_conv2d(input, weight, positions, bias, stride, groups)
     if path == "columns":

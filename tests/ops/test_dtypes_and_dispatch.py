@@ -49,13 +49,20 @@ def test_auto_prefers_columns_once_the_dense_box_explodes():
     assert choose_path(x, w, pos, 1, native=False) == "columns"
 
 
-def test_auto_prefers_native_kernels_for_widely_spread_depthwise_layers_when_built():
-    x = torch.randn(2, 64, 16, 16)
+def test_auto_prefers_native_kernels_for_depthwise_layers_on_large_planes_when_built():
+    x = torch.randn(2, 64, 14, 14)
     w = torch.randn(64, 1, 9)
-    pos = (torch.rand(64, 9, 2) * 2 - 1) * 3
+    grid = torch.tensor([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)
+    assert choose_path(x, w, grid.expand(64, 9, 2), 64, native=True) == "native"
+
+
+def test_auto_keeps_dense_for_small_depthwise_planes_until_the_box_outgrows_5x5():
+    x = torch.randn(2, 64, 4, 4)
+    w = torch.randn(64, 1, 9)
+    pos = (torch.rand(64, 9, 2) * 2 - 1) * 1.9
+    assert choose_path(x, w, pos, 64, native=True) == "dense"
     pos[0, 0] = torch.tensor([2.5, -2.5])
     assert choose_path(x, w, pos, 64, native=True) == "native"
-    assert choose_path(x, w, pos.clamp(-1.9, 1.9), 64, native=True) == "dense"
 
 
 def test_auto_prefers_native_columns_for_a_shared_layer_with_wide_spread_when_built():
