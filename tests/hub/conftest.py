@@ -33,6 +33,16 @@ def _make_model(**kwargs) -> torch.nn.Module:
     return timm.create_model(ARCH, **kwargs).eval()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread per test module, restored after: on the shared 2-core machine two threads
+    wait on each other whenever the other core is busy (these tests ran 10-50x slower so)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def fmnist_test_images():
     """``fmnist_test_images(n)``: the first n Fashion-MNIST test images and labels, as the published
