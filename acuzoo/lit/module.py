@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -79,8 +80,11 @@ class ImageClassifier(pl.LightningModule):
         top5 = min(5, num_classes)
         # One metric object per stage (torchmetrics keep state between update and compute); the
         # keys avoid "train", which nn.Module already has as an attribute.
-        self.acc1 = nn.ModuleDict({f"{s}_": MulticlassAccuracy(num_classes, top_k=1) for s in STAGES})
-        self.acc5 = nn.ModuleDict({f"{s}_": MulticlassAccuracy(num_classes, top_k=top5) for s in STAGES})
+        # Plain accuracy ("micro"); torchmetrics' default averages per class, which differs on
+        # unbalanced data such as a user's image folders.
+        accuracy = partial(MulticlassAccuracy, num_classes, average="micro")
+        self.acc1 = nn.ModuleDict({f"{s}_": accuracy(top_k=1) for s in STAGES})
+        self.acc5 = nn.ModuleDict({f"{s}_": accuracy(top_k=top5) for s in STAGES})
 
     @property
     def data_config(self) -> dict[str, Any]:

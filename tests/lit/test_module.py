@@ -125,3 +125,12 @@ def test_fine_tuning_start_copies_matching_weights_and_keeps_a_new_head(tmp_path
     target = ImageClassifier("cifar_resnet29_acu", num_classes=3, init_weights_from=str(path))
     assert torch.equal(first_weight(source), first_weight(target))
     assert target(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_accuracy_is_plain_accuracy_on_unbalanced_labels():
+    module = ImageClassifier(model_name="resnet18", num_classes=3)
+    metric = module.acc1["test_"]
+    logits = torch.tensor([[9.0, 0, 0]] * 4)
+    labels = torch.tensor([0, 0, 0, 1])  # right 3 of 4; the per-class mean would be (1 + 0) / 2
+    metric.update(logits, labels)
+    assert metric.compute() == 0.75
