@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..models import list_models
 from ..nn import convert_to_acu, position_parameters
 from .optim import Schedule, build_schedule, parameter_groups
 from .weights import load_matching_weights, load_positions
@@ -154,7 +155,19 @@ def build_model(
             f"unknown model '{model_name}': not registered with timm "
             f"(acuzoo's: {', '.join(timm.list_models('*acu*')[:8])}, ...)"
         )
-    model = timm.create_model(
-        model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {})
-    )
+    try:
+        model = timm.create_model(
+            model_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {})
+        )
+    except Exception as err:
+        # acuzoo's own models load from the local registry and say precisely what is wrong; timm's
+        # would fetch from its hub, which offline machines cannot reach.
+        if not pretrained or model_name.partition(".")[0] in list_models():
+            raise
+        raise RuntimeError(
+            f"could not load timm's pretrained weights for '{model_name}' ({type(err).__name__}: {err}); "
+            "acuzoo does not download at run time: fetch the weights where a network is available and "
+            "start from the file with init_weights_from=<path>, or use a published acuzoo checkpoint "
+            "(checkpoints/manifest.json)"
+        ) from err
     return convert_to_acu(model) if convert_depthwise else model

@@ -134,3 +134,25 @@ def test_accuracy_is_plain_accuracy_on_unbalanced_labels():
     labels = torch.tensor([0, 0, 0, 1])  # right 3 of 4; the per-class mean would be (1 + 0) / 2
     metric.update(logits, labels)
     assert metric.compute() == 0.75
+
+
+def test_timm_weights_that_cannot_be_fetched_give_a_clear_offline_error(monkeypatch):
+    from acuzoo.lit import module as module_file
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(module_file.timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match=r"'resnet18'.*does not download at run time.*init_weights_from"):
+        module_file.build_model("resnet18", 10, 3, pretrained=True)
+
+
+def test_acuzoo_checkpoint_errors_pass_through_unchanged(monkeypatch):
+    from acuzoo.lit import module as module_file
+
+    def refused(*args, **kwargs):
+        raise ValueError("sha256 mismatch in cifar_resnet29_acu.fmnist.safetensors")
+
+    monkeypatch.setattr(module_file.timm, "create_model", refused)
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        module_file.build_model("cifar_resnet29_acu.fmnist", 10, 1, pretrained=True)
