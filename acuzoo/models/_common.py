@@ -10,10 +10,37 @@ from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from ..hub.pretrained import build_zoo_model
 from ..nn import ActiveConv2d
 
 MAX_IN_CHANS = 64
 MAX_NUM_CLASSES = 1_000_000
+
+
+def imagenet_cfg(first_conv: str, **kwargs: Any) -> dict[str, Any]:
+    """A complete timm pretrained config for the ImageNet families: the paper trains and evaluates
+    every ImageNet model on 224 crops of 256 images (section 5.1)."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": first_conv,
+        "classifier": "classifier",
+        "license": "mit",
+        "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",
+        **kwargs,
+    }
+
+
+def build_imagenet_model(model_cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """timm's builder with feature taps by getter; pretrained weights come from acuzoo's checkpoint
+    registry (checked, never downloaded)."""
+    return build_zoo_model(model_cls, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs)
 
 
 def check_int_range(name: str, value: Any, low: int, high: int) -> int:

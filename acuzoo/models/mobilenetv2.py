@@ -14,9 +14,8 @@ from timm.layers import make_divisible
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ..hub.pretrained import build_zoo_model
 from ..hub.published import fmnist_cfg
-from ._common import ZooNet, check_model_args, depthwise_conv
+from ._common import ZooNet, build_imagenet_model, check_model_args, depthwise_conv, imagenet_cfg
 
 __all__ = ["MobileNetV2"]
 
@@ -133,26 +132,11 @@ class MobileNetV2(ZooNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MobileNetV2:
-    # Pretrained weights come from acuzoo's checkpoint registry (checked, never downloaded).
-    return build_zoo_model(MobileNetV2, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs)
+    return build_imagenet_model(MobileNetV2, variant, pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "conv_stem",
-        "classifier": "classifier",
-        "license": "mit",
-        "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",
-        **kwargs,
-    }
+    return imagenet_cfg("conv_stem", **kwargs)
 
 
 _PUBLISHED = ("mobilenetv2_conv_100", "mobilenetv2_acu_100")  # checkpoints/manifest.json

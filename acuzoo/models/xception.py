@@ -17,8 +17,7 @@ import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ..hub.pretrained import build_zoo_model
-from ._common import ZooNet, check_model_args, depthwise_conv
+from ._common import ZooNet, build_imagenet_model, check_model_args, depthwise_conv, imagenet_cfg
 
 __all__ = ["Xception"]
 
@@ -124,30 +123,12 @@ class Xception(ZooNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> Xception:
-    # Pretrained weights come from acuzoo's checkpoint registry (checked, never downloaded).
-    return build_zoo_model(
-        Xception, variant, pretrained, feature_cfg={"feature_cls": "getter"}, **kwargs
-    )
+    return build_imagenet_model(Xception, variant, pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    # The paper trains and evaluates every ImageNet model on 224 crops of 256 images (section 5.1);
-    # its 4.6G MAdds for Xception are at 224 (8.4G at Chollet's 299).
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "blocks.0.conv1",
-        "classifier": "classifier",
-        "license": "mit",
-        "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",
-        **kwargs,
-    }
+    # At 224, the paper's crop, Xception costs the paper's 4.6G MAdds (8.4G at Chollet's 299).
+    return imagenet_cfg("blocks.0.conv1", **kwargs)
 
 
 default_cfgs = generate_default_cfgs({"xception_conv.in1k": _cfg(), "xception_acu.in1k": _cfg()})
