@@ -2,18 +2,20 @@
 
 Prints a table of medians (ms) and ratios to baselines measured in the same run:
 - conv: ``nn.Conv2d`` 3x3 with the same groups, in its faster memory format (NCHW or
-  channels_last, both timed);
+  channels_last, both timed; each ACU path likewise keeps its faster format);
 - deform: ``torchvision.ops.deform_conv2d`` expressing the same ACU with constant offsets.
 
 Shapes: MobileNetV2's depthwise layers at 224 px, batch 32, and a dense CIFAR layer
 (64 -> 64, 32x32, batch 128, one shared position set). Positions at init, spread +-1.5, +-3.
 
-    .venv/bin/python bench/ops.py [--paths auto dense columns] [--threads 2] [--allocator jemalloc]
+    .venv/bin/python bench/ops.py [--paths auto dense columns] [--threads 2] [--allocator glibc-keep]
 
 glibc's malloc hands large buffers back to the OS after every call (buffers above its
-32 MiB mmap-threshold ceiling always are), so page faults can dominate; by default the
-script re-executes itself with jemalloc preloaded when Debian's libjemalloc2 is present
-and says which allocator the run used.
+32 MiB mmap-threshold ceiling always are), so page faults can dominate, and differently
+for the baseline and the ACU. By default (``glibc-keep``) the script re-executes itself
+with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=64GiB (no mmap'd chunks, no trimming);
+``jemalloc`` preloads Debian's libjemalloc2 where installed; ``glibc`` keeps the defaults.
+The table's first line says which allocator the run used.
 """
 
 from __future__ import annotations
@@ -29,13 +31,22 @@ from pathlib import Path
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 
 
+# glibc kept from handing large buffers back: no mmap'd chunks, heap never trimmed.
+GLIBC_KEEP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+
+
 def _reexec_with_allocator(choice: str) -> str:
     if os.environ.get("ACUZOO_BENCH_ALLOCATOR"):
         return os.environ["ACUZOO_BENCH_ALLOCATOR"]
     if choice == "jemalloc" and JEMALLOC.exists():
         env = dict(os.environ, LD_PRELOAD=str(JEMALLOC), ACUZOO_BENCH_ALLOCATOR="jemalloc (LD_PRELOAD)")
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    return "glibc malloc (defaults)" + (" - libjemalloc2 not installed" if choice == "jemalloc" else "")
+    if choice in ("glibc-keep", "jemalloc"):
+        note = " (libjemalloc2 not installed)" if choice == "jemalloc" else ""
+        settings = " ".join(f"{k}={v}" for k, v in GLIBC_KEEP.items())
+        env = dict(os.environ, **GLIBC_KEEP, ACUZOO_BENCH_ALLOCATOR=f"glibc malloc with {settings}{note}")
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    return "glibc malloc (defaults)"
 
 
 SHAPES = {
@@ -66,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paths", nargs="+", default=["auto"], help="operator paths to time")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--allocator", choices=["jemalloc", "glibc"], default="jemalloc")
+    parser.add_argument("--allocator", choices=["jemalloc", "glibc-keep", "glibc"], default="glibc-keep")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), help="subset of shape names")
     parser.add_argument("--no-deform", action="store_true", help="skip the (slow) deform_conv2d baseline")
     args = parser.parse_args()
@@ -122,9 +133,14 @@ def main() -> None:
             row = f"{name:<16}{spread_name:>7}{conv_fwd:>10.1f}{conv_fb:>10.1f}"
             acu_fb = None
             for path in args.paths:
-                op = partial(active_conv2d, xr, weight, pos, None, s, g, path=path)
-                t_fwd = median_ms(op)
-                t_fb = median_ms(fwd_bwd(op, [xr, weight, pos], grad))
+                # Like the conv, each path is timed in both memory formats and keeps its faster one.
+                t_fwd = t_fb = float("inf")
+                for fmt in (torch.contiguous_format, torch.channels_last):
+                    xf = x.contiguous(memory_format=fmt).requires_grad_()
+                    gf = grad.contiguous(memory_format=fmt)
+                    op = partial(active_conv2d, xf, weight, pos, None, s, g, path=path)
+                    t_fwd = min(t_fwd, median_ms(op))
+                    t_fb = min(t_fb, median_ms(fwd_bwd(op, [xf, weight, pos], gf)))
                 acu_fb = t_fb if acu_fb is None else min(acu_fb, t_fb)
                 row += f"{t_fwd:>14.1f}{t_fwd / conv_fwd:>8.2f}{t_fb:>14.1f}{t_fb / conv_fb:>8.2f}"
             if deform_fb is None and not args.no_deform and spread_name == "+-1.5":

@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 _COLUMN_ELEMENT_COST = 400.0
 # Beyond this many (set, input slice) segments the columns path is Python-bound.
 _MAX_COLUMN_SEGMENTS = 8
-# The native columns kernels (im2col + GEMM) cost about a dense box of 4 taps per synapse
-# (bench/native_cpu.py: ~4x the 3x3 conv for the 64->64 CIFAR layer at every spread).
-_NATIVE_COLUMNS_TAPS_PER_SYNAPSE = 4
+# The native grouped/shared kernels cost about a dense box of this many taps per synapse:
+# by cache-sized channels-last tiles (at least 8 channels per group) the 64->64 CIFAR layer
+# runs forward+backward at ~1.6x the 3x3 conv at every spread (bench/ops.py), i.e. a box of
+# ~14 taps for K = 9; narrower groups go through whole-batch columns, ~4x the conv.
+_NATIVE_TILES_TAPS_PER_SYNAPSE = 1.6
+_NATIVE_COLUMNS_TAPS_PER_SYNAPSE = 4.0
+_NATIVE_TILES_MIN_CHANNELS = 8  # acu_cpu_tiles.cpp: kMinChannelsPerGroup
 _DENSE_DEPTHWISE_MAX_BOX = 25
 _NATIVE_DEPTHWISE_MIN_PIXELS = 49
 
@@ -68,8 +72,9 @@ def choose_path(
         return "dense" if small and box <= _DENSE_DEPTHWISE_MAX_BOX else "native"
     dense_cost = c_out * c_per_group * box
     if native:
-        columns_cost = c_out * c_per_group * k * _NATIVE_COLUMNS_TAPS_PER_SYNAPSE
-        return "dense" if dense_cost <= columns_cost else "native"
+        tiled = c_per_group >= _NATIVE_TILES_MIN_CHANNELS
+        taps = _NATIVE_TILES_TAPS_PER_SYNAPSE if tiled else _NATIVE_COLUMNS_TAPS_PER_SYNAPSE
+        return "dense" if dense_cost <= c_out * c_per_group * k * taps else "native"
     _, segments = column_units(x.shape[1], c_out, groups, positions.shape[0])
     if len(segments) > _MAX_COLUMN_SEGMENTS:
         return "dense"
@@ -113,7 +118,7 @@ def _native_self_check(device: torch.device) -> bool:
                 out = run(*leaves, (stride, stride), groups)
                 grads = torch.autograd.grad(out.square().sum(), leaves)
             results.append((out, *grads))
-        error = max(float((a - b).abs().max()) for a, b in zip(*results))
+        error = max(float((a - b).detach().abs().max()) for a, b in zip(*results))
         if not error < 1e-8:
             log.warning(
                 "acuzoo native kernels disagree with the dense path on %s (max error %.3g); "

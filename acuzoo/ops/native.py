@@ -42,9 +42,9 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-_CPU_SOURCES = ("acu_ops.cpp", "acu_cpu.cpp", "acu_twin.cpp")
+_CPU_SOURCES = ("acu_ops.cpp", "acu_cpu.cpp", "acu_cpu_tiles.cpp", "acu_twin.cpp")
 _CUDA_SOURCES = ("acu_cuda.cu",)
-_HEADERS = ("acu_math.h", "acu_driver.h")
+_HEADERS = ("acu_math.h", "acu_driver.h", "acu_cpu_tiles.h")
 VARIANTS = ("cpu", "cuda")
 DEFAULT_CUDA_ARCH = "9.0"
 
@@ -102,8 +102,20 @@ def default_variant() -> str:
     return "cuda" if torch.cuda.is_available() and nvcc_path() else "cpu"
 
 
+def _openmp_flags() -> list[str]:
+    """-fopenmp where torch's ATen threads with OpenMP (Linux wheels).
+
+    at::parallel_for is inline header code: compiled without -fopenmp its ``omp parallel``
+    is ignored and every CPU kernel runs on one thread. The library then links the
+    libgomp that torch already loaded (same soname), so both share one thread pool.
+    """
+    if torch.__config__.parallel_info().find("ATen parallel backend: OpenMP") < 0:
+        return []
+    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
 def _cpu_flags() -> list[str]:
-    flags = ["-O3", "-fopenmp-simd"]
+    flags = ["-O3", "-fopenmp-simd", *_openmp_flags()]
     # The JIT build is for this machine: use its vector units when it has them.
     if platform.machine() in ("x86_64", "AMD64"):
         try:
@@ -113,6 +125,9 @@ def _cpu_flags() -> list[str]:
         words = set(cpuinfo.split())
         if {"avx2", "fma"} <= words:
             flags += ["-mavx2", "-mfma"]
+        # 512-bit vectors halve the passes over short rows (a 32-wide row is 2 vectors).
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= words:
+            flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
     return flags
 
 
@@ -162,6 +177,7 @@ def _compile_and_load(variant: str, verbose: bool) -> None:
             name=name,
             sources=sources,
             extra_cflags=_cpu_flags(),
+            extra_ldflags=_openmp_flags(),
             build_directory=str(build_dir),
             with_cuda=variant == "cuda",
             is_python_module=False,

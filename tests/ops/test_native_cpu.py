@@ -7,7 +7,6 @@ runs in float64 against ``reference_active_conv2d`` unless it says otherwise.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -18,17 +17,6 @@ from acuzoo.ops import native
 from acuzoo.ops.reference import reference_active_conv2d
 
 TOL = 1e-10
-
-
-@pytest.fixture(scope="session")
-def ext() -> str:
-    """The loaded variant; builds the extension on a cold cache (about a minute)."""
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        # CI must prove the build; elsewhere a machine without the toolchain may skip.
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("no C++ compiler on this machine")
-    loaded = native.load()
-    assert loaded is not None, f"native extension failed to build: {native._failed}"
-    return loaded
 
 
 # (n, c_in, c_out, h, w, groups, sets, stride): depthwise, shared, grouped, P != groups.

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "acu_cpu_tiles.h"
 #include "acu_driver.h"
 #include "acu_math.h"
 
@@ -92,26 +93,31 @@ inline int64_t tap_offset(const PhaseBox& b, int dr, int dc) {
          floor_div(dc, b.sw);
 }
 
+// Into dst (zeroed, sh * sw * plane elements): the phases of one plane.
 template <typename T>
-void phases_of(const T* x, const PlaneShape& s, const PhaseBox& b, std::vector<T>& buf) {
-  buf.assign(static_cast<size_t>(b.sh * b.sw) * b.plane, T(0));
+void phases_into(const T* x, const PlaneShape& s, const PhaseBox& b, T* dst) {
   for (int r = 0; r < s.h; ++r) {
     const T* row = x + static_cast<int64_t>(r) * s.w;
-    T* dst = buf.data() + (r % s.sh) * s.sw * b.plane + static_cast<int64_t>(b.top + r / s.sh) * b.wq + b.left;
+    T* out = dst + (r % s.sh) * s.sw * b.plane + static_cast<int64_t>(b.top + r / s.sh) * b.wq + b.left;
     if (s.sw == 1) {
-      std::copy(row, row + s.w, dst);
+      std::copy(row, row + s.w, out);
     } else {
-      for (int c = 0; c < s.w; ++c) dst[(c % s.sw) * b.plane + c / s.sw] = row[c];
+      for (int c = 0; c < s.w; ++c) out[(c % s.sw) * b.plane + c / s.sw] = row[c];
     }
   }
 }
 
 template <typename T>
-void plane_of_phases(const std::vector<T>& buf, const PlaneShape& s, const PhaseBox& b, T* x) {
+void phases_of(const T* x, const PlaneShape& s, const PhaseBox& b, std::vector<T>& buf) {
+  buf.assign(static_cast<size_t>(b.sh * b.sw) * b.plane, T(0));
+  phases_into(x, s, b, buf.data());
+}
+
+template <typename T>
+void plane_from_phases(const T* buf, const PlaneShape& s, const PhaseBox& b, T* x) {
   for (int r = 0; r < s.h; ++r) {
     T* row = x + static_cast<int64_t>(r) * s.w;
-    const T* src =
-        buf.data() + (r % s.sh) * s.sw * b.plane + static_cast<int64_t>(b.top + r / s.sh) * b.wq + b.left;
+    const T* src = buf + (r % s.sh) * s.sw * b.plane + static_cast<int64_t>(b.top + r / s.sh) * b.wq + b.left;
     if (s.sw == 1) {
       std::copy(src, src + s.w, row);
     } else {
@@ -120,14 +126,24 @@ void plane_of_phases(const std::vector<T>& buf, const PlaneShape& s, const Phase
   }
 }
 
+template <typename T>
+void plane_of_phases(const std::vector<T>& buf, const PlaneShape& s, const PhaseBox& b, T* x) {
+  plane_from_phases(buf.data(), s, b, x);
+}
+
 // (out_h x out_w) <-> (out_h x wq) with zero scratch columns.
+template <typename T>
+void widen_into(const T* g, const PlaneShape& s, const PhaseBox& b, T* dst) {
+  for (int m = 0; m < s.out_h; ++m) {
+    std::copy(g + static_cast<int64_t>(m) * s.out_w, g + static_cast<int64_t>(m + 1) * s.out_w,
+              dst + static_cast<int64_t>(m) * b.wq);
+  }
+}
+
 template <typename T>
 void widen(const T* g, const PlaneShape& s, const PhaseBox& b, std::vector<T>& buf) {
   buf.assign(static_cast<size_t>(s.out_h) * b.wq, T(0));
-  for (int m = 0; m < s.out_h; ++m) {
-    std::copy(g + static_cast<int64_t>(m) * s.out_w, g + static_cast<int64_t>(m + 1) * s.out_w,
-              buf.data() + static_cast<int64_t>(m) * b.wq);
-  }
+  widen_into(g, s, b, buf.data());
 }
 
 template <typename T>
@@ -136,6 +152,18 @@ void narrow_into(const T* wide, const PlaneShape& s, const PhaseBox& b, T* out) 
     const T* src = wide + static_cast<int64_t>(m) * b.wq;
     std::copy(src, src + s.out_w, out + static_cast<int64_t>(m) * s.out_w);
   }
+}
+
+// Depthwise work is split by (channel, stack of samples). At stride 1 the padded planes
+// of several samples of one channel lie end to end, so that each tap is one loop over
+// the whole stack (small planes: 7x7 is a 49-long loop, a stack of 32 is ~2.6k); the
+// scratch between planes is never copied out. Strided planes (phases) go one at a time.
+// Stacks depend only on the batch and plane sizes, so sums keep their order.
+constexpr int64_t kStackElements = 4096;
+
+inline int64_t stack_size(const Geometry& g, int64_t plane) {
+  if (g.stride_h != 1 || g.stride_w != 1) return 1;
+  return std::clamp<int64_t>(kStackElements / std::max<int64_t>(plane, 1), 1, g.batch);
 }
 
 // acc[q] += scale * (bilinear read of one synapse) on the wide grid.
@@ -204,6 +232,19 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
 }
 
 struct CpuBackend {
+  // Grouped/shared layers run by cache-sized tiles where they suit (acu_cpu_tiles.cpp).
+  static constexpr bool kTiles = true;
+  static bool tiles_suit(const Geometry& g, bool backward) { return acu::tiles_suit(g, backward); }
+  static at::Tensor tiles_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                  const std::optional<at::Tensor>& bias, const Geometry& g) {
+    return acu::tiles_forward(input, weight, positions, bias, g);
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> tiles_backward(
+      const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+      const Geometry& g, std::array<bool, 3> mask) {
+    return acu::tiles_backward(grad_out, input, weight, positions, g, mask);
+  }
+
   // Samples per columns chunk: about 32 MiB of columns, so that the GEMMs are large and
   // the parallel regions few, while the buffer stays a fraction of a batch.
   static int64_t columns_chunk(const Geometry& g) {
@@ -225,18 +266,23 @@ struct CpuBackend {
       T* y = out.mutable_data_ptr<T>();
       const int64_t C = g.c_in, K = g.synapses, per_set = g.c_out / g.sets;
       const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
-      at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+      const int64_t stack = stack_size(g, in_plane), stacks = (g.batch + stack - 1) / stack;
+      at::parallel_for(0, stacks * C, 1, [&](int64_t begin, int64_t end) {
         std::vector<T> xb, acc;
-        for (int64_t idx = begin; idx < end; ++idx) {
-          const int64_t c = idx % C, p = c / per_set;
-          const AxisTaps<T>* t = &taps[2 * p * K];
-          const PhaseBox box = phase_box(t, K, s);
-          phases_of(x + idx * in_plane, s, box, xb);
-          acc.assign(static_cast<size_t>(s.out_h) * box.wq, b ? b[c] : T(0));
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t c = item / stacks, n0 = (item % stacks) * stack;
+          const int64_t count = std::min(stack, g.batch - n0);
+          const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
+          PhaseBox box = phase_box(t, K, s);
+          const int64_t block = static_cast<int64_t>(s.sh * s.sw) * box.plane;
+          xb.assign(count * block, T(0));
+          for (int64_t j = 0; j < count; ++j) phases_into(x + ((n0 + j) * C + c) * in_plane, s, box, xb.data() + j * block);
+          box.len += (count - 1) * block;  // one loop over the stack
+          acc.assign(count * block, b ? b[c] : T(0));
           for (int64_t k = 0; k < K; ++k) {
             sample_add(xb.data(), box, s, t[2 * k], t[2 * k + 1], w[c * K + k], acc.data());
           }
-          narrow_into(acc.data(), s, box, y + idx * out_plane);
+          for (int64_t j = 0; j < count; ++j) narrow_into(acc.data() + j * block, s, box, y + ((n0 + j) * C + c) * out_plane);
         }
       });
     });
@@ -248,7 +294,10 @@ struct CpuBackend {
       const at::Tensor& positions, const Geometry& g, bool need_x, bool need_sums) {
     at::Tensor gx = need_x ? at::empty_like(input) : at::Tensor();
     const int64_t C = g.c_in, K = g.synapses;
-    at::Tensor partial = at::zeros({g.batch, C * K * 3}, input.options());
+    const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
+    const int64_t stack = stack_size(g, in_plane), stacks = (g.batch + stack - 1) / stack;
+    // One row of (channel, synapse, 3) sums per stack, reduced over stacks in order.
+    at::Tensor partial = at::zeros({stacks, C * K * 3}, input.options());
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_depthwise_backward_cpu", [&] {
       using T = scalar_t;
       const auto taps = all_taps<T>(positions);
@@ -259,26 +308,38 @@ struct CpuBackend {
       T* gxp = need_x ? gx.mutable_data_ptr<T>() : nullptr;
       T* part = partial.mutable_data_ptr<T>();
       const int64_t per_set = g.c_out / g.sets;
-      const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
-      at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, stacks * C, 1, [&](int64_t begin, int64_t end) {
         std::vector<T> xb, gw, gxb;
-        for (int64_t idx = begin; idx < end; ++idx) {
-          const int64_t c = idx % C, p = c / per_set;
-          const AxisTaps<T>* t = &taps[2 * p * K];
-          const PhaseBox box = phase_box(t, K, s);
-          if (need_sums) phases_of(x + idx * in_plane, s, box, xb);
-          widen(go + idx * out_plane, s, box, gw);
-          if (gxp) gxb.assign(static_cast<size_t>(s.sh * s.sw) * box.plane, T(0));
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t c = item / stacks, si = item % stacks, n0 = si * stack;
+          const int64_t count = std::min(stack, g.batch - n0);
+          const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
+          PhaseBox box = phase_box(t, K, s);
+          const int64_t block = static_cast<int64_t>(s.sh * s.sw) * box.plane;
+          if (need_sums) {
+            xb.assign(count * block, T(0));
+            for (int64_t j = 0; j < count; ++j) {
+              phases_into(x + ((n0 + j) * C + c) * in_plane, s, box, xb.data() + j * block);
+            }
+          }
+          gw.assign(count * block, T(0));
+          for (int64_t j = 0; j < count; ++j) widen_into(go + ((n0 + j) * C + c) * out_plane, s, box, gw.data() + j * block);
+          if (gxp) gxb.assign(count * block, T(0));
+          box.len += (count - 1) * block;
           for (int64_t k = 0; k < K; ++k) {
             const T wk = w[c * K + k];
             const Read3<T> r = synapse_backward(gw.data(), xb.data(), gxp ? gxb.data() : nullptr, box, s,
                                                 t[2 * k], t[2 * k + 1], wk, need_sums);
-            T* dst = part + (idx * K + k) * 3;
+            T* dst = part + si * C * K * 3 + (c * K + k) * 3;
             dst[0] = r.value;
             dst[1] = wk * r.d_alpha;
             dst[2] = wk * r.d_beta;
           }
-          if (gxp) plane_of_phases(gxb, s, box, gxp + idx * in_plane);
+          if (gxp) {
+            for (int64_t j = 0; j < count; ++j) {
+              plane_from_phases(gxb.data() + j * block, s, box, gxp + ((n0 + j) * C + c) * in_plane);
+            }
+          }
         }
       });
     });

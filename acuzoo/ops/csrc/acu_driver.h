@@ -1,5 +1,6 @@
 // Device-independent driver of the ACU ops. A backend (CPU or CUDA) supplies the kernels;
-// this file decides between the depthwise kernels and bilinear columns + GEMM, and turns
+// this file decides between the depthwise kernels, the backend's tiled columns (kTiles:
+// CPU) and whole-chunk bilinear columns + GEMM, and turns
 // their fixed-order partial sums into weight and position gradients.
 #pragma once
 
@@ -79,16 +80,43 @@ inline at::Tensor contract_backward_by_matmul(const at::Tensor& go, const at::Te
       .view({nb, g.units * rows, g.out_h, g.out_w});
 }
 
+// Whether the backend's tiled columns kernels (CPU) take this layer's forward or backward.
+template <class Backend>
+bool uses_tiles(const Geometry& g, bool backward) {
+  if constexpr (Backend::kTiles) {
+    return Backend::tiles_suit(g, backward);
+  } else {
+    return false;
+  }
+}
+
+// The output and the input gradient take the input's memory format, as PyTorch's
+// convolutions do (the fake kernels in native_registration.py follow the same rule).
+inline bool is_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::Tensor in_format_of(const at::Tensor& out, const at::Tensor& input) {
+  return out.contiguous(is_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+}
+
 template <class Backend>
 at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at::Tensor& positions_,
                    const std::optional<at::Tensor>& bias_, at::IntArrayRef stride, int64_t groups) {
   Geometry g = make_geometry(input_, weight_, positions_, stride, groups);
-  const at::Tensor input = input_.contiguous();
-  const at::Tensor weight = weight_.to(input.scalar_type()).contiguous();
-  const at::Tensor positions = positions_.to(math_type(input.scalar_type())).contiguous();
+  const at::ScalarType dtype = input_.scalar_type();
+  const at::Tensor weight = weight_.to(dtype).contiguous();
+  const at::Tensor positions = positions_.to(math_type(dtype)).contiguous();
   std::optional<at::Tensor> bias;
-  if (bias_.has_value() && bias_->defined()) bias = bias_->to(input.scalar_type()).contiguous();
-  if (is_depthwise(g)) return Backend::depthwise_forward(input, weight, positions, bias, g);
+  if (bias_.has_value() && bias_->defined()) bias = bias_->to(dtype).contiguous();
+  if constexpr (Backend::kTiles) {
+    // Channels-last kernels: they take the input in whichever format it comes.
+    if (uses_tiles<Backend>(g, false)) {
+      return in_format_of(Backend::tiles_forward(input_, weight, positions, bias, g), input_);
+    }
+  }
+  const at::Tensor input = input_.contiguous();
+  if (is_depthwise(g)) return in_format_of(Backend::depthwise_forward(input, weight, positions, bias, g), input_);
 
   const int64_t rows = g.c_per_group * g.synapses;
   const int64_t chunk = Backend::columns_chunk(g);
@@ -103,7 +131,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
     contract_by_matmul(cols, weight, g, out.narrow(0, n0, nb));
   }
   if (bias.has_value()) out.add_(bias->view({1, g.c_out, 1, 1}));
-  return out;
+  return in_format_of(out, input_);
 }
 
 template <class Backend>
@@ -112,12 +140,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& positions_, at::IntArrayRef stride, int64_t groups,
     std::array<bool, 3> mask) {
   Geometry g = make_geometry(input_, weight_, positions_, stride, groups);
-  const at::Tensor input = input_.contiguous();
-  const at::Tensor grad_out = grad_out_.to(input.scalar_type()).contiguous();
-  const at::Tensor weight = weight_.to(input.scalar_type()).contiguous();
-  const at::ScalarType acc = math_type(input.scalar_type());
+  const at::ScalarType dtype = input_.scalar_type();
+  const at::Tensor weight = weight_.to(dtype).contiguous();
+  const at::ScalarType acc = math_type(dtype);
   const at::Tensor positions = positions_.to(acc).contiguous();
   const bool need_x = mask[0], need_w = mask[1], need_pos = mask[2];
+  const bool tiles = uses_tiles<Backend>(g, true);
+  // The tiled kernels take input and gradient in whichever format they come.
+  const at::Tensor input = tiles ? input_ : input_.contiguous();
+  const at::Tensor grad_out = tiles ? grad_out_.to(dtype) : grad_out_.to(dtype).contiguous();
   at::Tensor grad_x, grad_w, grad_pos;
 
   if (is_depthwise(g)) {
@@ -131,6 +162,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
       const at::Tensor slopes = sums.narrow(2, 1, 2).reshape({g.sets, per_set, g.synapses * 2});
       grad_pos = Backend::reduce_rows(slopes.transpose(0, 1).reshape({per_set, -1}))
                      .view({g.sets, g.synapses, 2});
+    }
+  } else if (tiles) {
+    if constexpr (Backend::kTiles) {
+      std::tie(grad_x, grad_w, grad_pos) = Backend::tiles_backward(grad_out, input, weight, positions, g, mask);
     }
   } else {
     const int64_t per_unit = g.c_out / g.units;
@@ -172,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     if (need_pos) grad_pos = pos_acc.view({g.sets, g.synapses, 2});
   }
   // Gradients not asked for come back as empty tensors: the schema returns three Tensors.
-  grad_x = grad_x.defined() ? grad_x : at::empty({0}, input_.options());
+  grad_x = grad_x.defined() ? in_format_of(grad_x, input_) : at::empty({0}, input_.options());
   grad_w = grad_w.defined() ? grad_w.to(weight_.scalar_type()) : at::empty({0}, weight_.options());
   grad_pos = grad_pos.defined() ? grad_pos.to(positions_.scalar_type())
                                 : at::empty({0}, positions_.options());

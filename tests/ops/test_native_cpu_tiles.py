@@ -1,0 +1,129 @@
+"""The CPU kernels' layouts: channels-last tiles of grouped/shared layers, stacked
+depthwise planes, and the rule that outputs take the input's memory format.
+
+Tiles are chosen by layer size and thread count; ``acuzoo::_set_cpu_tiles`` forces them
+on (or off) and shrinks them, so that the small layers here cover many tiles per sample,
+one output row per tile, and the whole-batch columns path they replace.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acuzoo.ops import native
+from acuzoo.ops.reference import reference_active_conv2d
+
+from .test_native_cpu import CASES, TOL, grads, make_args, max_err
+
+GROUPED = {name: case for name, case in CASES.items() if not name.startswith("depthwise")}
+# (tile columns budget, mode): default size forced on; one output row per tile; forced off.
+TILINGS = {"tiles": (0, 1), "row_tiles": (1, 1), "no_tiles": (0, -1)}
+
+
+@pytest.fixture(params=TILINGS.values(), ids=TILINGS.keys())
+def tiling(request, ext):
+    torch.ops.acuzoo._set_cpu_tiles(*request.param)
+    yield request.param
+    torch.ops.acuzoo._set_cpu_tiles(0, 0)
+
+
+@pytest.fixture
+def forced_tiles(ext):
+    torch.ops.acuzoo._set_cpu_tiles(0, 1)
+    yield
+    torch.ops.acuzoo._set_cpu_tiles(0, 0)
+
+
+@pytest.mark.parametrize("spread", [None, 1.5, 12.0], ids=["grid", "1.5", "far"])
+@pytest.mark.parametrize("case", GROUPED.values(), ids=GROUPED.keys())
+def test_tiles_equal_reference(tiling, case, spread):
+    args = make_args(case, spread)
+    out, got = grads(native.native_active_conv2d, *args)
+    ref, want = grads(reference_active_conv2d, *args)
+    assert max_err(out, ref) < TOL
+    for name, a, b in zip(("input", "weight", "positions", "bias"), got, want):
+        assert max_err(a, b) < TOL, name
+
+
+@pytest.mark.parametrize("case", GROUPED.values(), ids=GROUPED.keys())
+def test_tiles_read_and_write_channels_last(tiling, case):
+    x, *rest = make_args(case, 1.5)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out, got = grads(native.native_active_conv2d, x_cl, *rest)
+    ref, want = grads(reference_active_conv2d, x, *rest)
+    assert max_err(out, ref) < TOL
+    assert all(max_err(a, b) < TOL for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tiles_serve_wide_groups_by_default_and_match_the_reference(ext, stride):
+    # 16 channels per group and a batch of 4: the automatic choice takes the tiles.
+    args = make_args((4, 32, 24, 11, 13, 2, 3, stride), 2.5)
+    _, got = grads(native.native_active_conv2d, *args)
+    _, want = grads(reference_active_conv2d, *args)
+    assert all(max_err(a, b) < TOL for a, b in zip(got, want))
+
+
+def test_tiles_gradients_are_bitwise_deterministic(forced_tiles):
+    args = make_args((9, 16, 16, 23, 21, 1, 2, 1), 1.5, dtype=torch.float32)
+    first = grads(native.native_active_conv2d, *args)[1]
+    second = grads(native.native_active_conv2d, *args)[1]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_tiles_give_the_same_gradients_whatever_the_thread_count(forced_tiles):
+    # Sums run over fixed sample blocks, not over threads.
+    args = make_args((20, 16, 16, 9, 10, 1, 1, 1), 1.5)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = grads(native.native_active_conv2d, *args)[1]
+        torch.set_num_threads(2)
+        two = grads(native.native_active_conv2d, *args)[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("batch", [1, 5, 6])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_stacks_of_samples_equal_reference(ext, batch, stride):
+    # 32x32 planes stack four samples per loop: batches of 5 and 6 end in partial stacks.
+    args = make_args((batch, 4, 4, 32, 31, 4, 4, stride), 2.5)
+    out, got = grads(native.native_active_conv2d, *args)
+    ref, want = grads(reference_active_conv2d, *args)
+    assert max_err(out, ref) < TOL
+    assert all(max_err(a, b) < TOL for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize(
+    "case", [CASES["depthwise"], CASES["dense_P1"], CASES["grouped_P_groups"]], ids=["depthwise", "dense", "grouped"]
+)
+@pytest.mark.parametrize("tiles", [0, 1, -1], ids=["auto", "tiles", "no_tiles"])
+def test_output_and_input_gradient_take_the_input_memory_format(ext, case, tiles):
+    torch.ops.acuzoo._set_cpu_tiles(0, tiles)
+    try:
+        x, weight, positions, b, stride, groups = make_args(case, 1.5)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xf = x.contiguous(memory_format=fmt).requires_grad_()
+            out = native.native_active_conv2d(xf, weight, positions, b, stride, groups)
+            assert out.is_contiguous(memory_format=fmt)
+            (gx,) = torch.autograd.grad(out, xf, torch.ones_like(out))
+            assert gx.is_contiguous(memory_format=fmt)
+    finally:
+        torch.ops.acuzoo._set_cpu_tiles(0, 0)
+
+
+def test_fake_kernel_follows_the_same_memory_format_rule(ext):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, weight, positions, b, stride, groups = make_args(CASES["dense_P1"], 1.5)
+    x = x.contiguous(memory_format=torch.channels_last)
+    real = torch.ops.acuzoo.active_conv2d(x, weight, positions, b, [stride, stride], groups)
+    with FakeTensorMode() as mode:
+        xf = mode.from_tensor(x)
+        fake = torch.ops.acuzoo.active_conv2d(
+            xf, mode.from_tensor(weight), mode.from_tensor(positions), mode.from_tensor(b), [stride, stride], groups
+        )
+    assert fake.shape == real.shape and fake.stride() == real.stride()
