@@ -166,6 +166,77 @@ inline int64_t stack_size(const Geometry& g, int64_t plane) {
   return std::clamp<int64_t>(kStackElements / std::max<int64_t>(plane, 1), 1, g.batch);
 }
 
+// ---- all taps of a channel at once -------------------------------------------------
+// out[q] = init + sum_t coef[t] * src[q + off[t]] for q < len, computed in blocks of four
+// 64-byte vectors held in registers: one store per element whatever the number of taps
+// (a depthwise synapse set has up to 36), instead of one read-modify-write per tap.
+// Reads may run up to one block past len: buffers carry kBlockSlack zeros at the end.
+template <typename T>
+struct Lanes {
+  typedef T vec __attribute__((vector_size(64)));
+  static constexpr int64_t n = 64 / sizeof(T);
+};
+constexpr int64_t kBlockSlack = 64;  // elements: 4 vectors of float (and more of double)
+
+template <typename V, typename T>
+inline V load_vec(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+inline void store_vec(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+template <typename T>
+void sum_of_taps(const T* src, const int64_t* off, const T* coef, int64_t taps, T init, int64_t len, T* out) {
+  using V = typename Lanes<T>::vec;
+  constexpr int64_t L = Lanes<T>::n;
+  for (int64_t q0 = 0; q0 < len; q0 += 4 * L) {
+    V a0 = V{} + init, a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* p = src + off[t] + q0;
+      const V c = V{} + coef[t];
+      a0 += c * load_vec<V>(p);
+      a1 += c * load_vec<V>(p + L);
+      a2 += c * load_vec<V>(p + 2 * L);
+      a3 += c * load_vec<V>(p + 3 * L);
+    }
+    store_vec(out + q0, a0);
+    store_vec(out + q0 + L, a1);
+    store_vec(out + q0 + 2 * L, a2);
+    store_vec(out + q0 + 3 * L, a3);
+  }
+}
+
+// The value taps of a channel's synapses on the wide grid: offsets into the phases and
+// coefficients weight * bilinear weight (taps that never touch the plane are left out).
+template <typename T>
+int64_t value_taps(const AxisTaps<T>* t, const T* w, int64_t K, const PhaseBox& b, const PlaneShape& s,
+                   std::vector<int64_t>& off, std::vector<T>& coef) {
+  off.clear();
+  coef.clear();
+  for (int64_t k = 0; k < K; ++k) {
+    const AxisTaps<T>& ta = t[2 * k];
+    const AxisTaps<T>& tb = t[2 * k + 1];
+    for (int i = 0; i < ta.count; ++i) {
+      const int dr = ta.first + i;
+      if (ta.value[i] == T(0) || !tap_hits(dr, s.h)) continue;
+      for (int j = 0; j < tb.count; ++j) {
+        const int dc = tb.first + j;
+        if (tb.value[j] == T(0) || !tap_hits(dc, s.w)) continue;
+        off.push_back(tap_offset(b, dr, dc));
+        coef.push_back(w[k] * ta.value[i] * tb.value[j]);
+      }
+    }
+  }
+  return static_cast<int64_t>(off.size());
+}
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
 // acc[q] += scale * (bilinear read of one synapse) on the wide grid.
 template <typename T>
 void sample_add(const T* xb, const PhaseBox& b, const PlaneShape& s, const AxisTaps<T>& ta,
@@ -268,21 +339,25 @@ struct CpuBackend {
       const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
       const int64_t stack = stack_size(g, in_plane), stacks = (g.batch + stack - 1) / stack;
       at::parallel_for(0, stacks * C, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> xb, acc;
+        std::vector<T> xb, acc, coef;
+        std::vector<int64_t> off;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t c = item / stacks, n0 = (item % stacks) * stack;
           const int64_t count = std::min(stack, g.batch - n0);
           const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
-          PhaseBox box = phase_box(t, K, s);
+          const PhaseBox box = phase_box(t, K, s);
           const int64_t block = static_cast<int64_t>(s.sh * s.sw) * box.plane;
-          xb.assign(count * block, T(0));
-          for (int64_t j = 0; j < count; ++j) phases_into(x + ((n0 + j) * C + c) * in_plane, s, box, xb.data() + j * block);
-          box.len += (count - 1) * block;  // one loop over the stack
-          acc.assign(count * block, b ? b[c] : T(0));
-          for (int64_t k = 0; k < K; ++k) {
-            sample_add(xb.data(), box, s, t[2 * k], t[2 * k + 1], w[c * K + k], acc.data());
+          const int64_t len = (count - 1) * block + box.len;  // one loop over the stack
+          xb.assign(count * block + kBlockSlack, T(0));
+          for (int64_t j = 0; j < count; ++j) {
+            phases_into(x + ((n0 + j) * C + c) * in_plane, s, box, xb.data() + j * block);
           }
-          for (int64_t j = 0; j < count; ++j) narrow_into(acc.data() + j * block, s, box, y + ((n0 + j) * C + c) * out_plane);
+          const int64_t n_taps = value_taps(t, w + c * K, K, box, s, off, coef);
+          acc.resize(std::max(round_up(len, kBlockSlack), count * block));
+          sum_of_taps(xb.data(), off.data(), coef.data(), n_taps, b ? b[c] : T(0), len, acc.data());
+          for (int64_t j = 0; j < count; ++j) {
+            narrow_into(acc.data() + j * block, s, box, y + ((n0 + j) * C + c) * out_plane);
+          }
         }
       });
     });
@@ -308,8 +383,12 @@ struct CpuBackend {
       T* gxp = need_x ? gx.mutable_data_ptr<T>() : nullptr;
       T* part = partial.mutable_data_ptr<T>();
       const int64_t per_set = g.c_out / g.sets;
+      // At stride 1 the input gradient is gathered, gx[j] = sum_t c_t g[j - off_t], with
+      // the forward's blocked kernel (one store per element); strided planes scatter.
+      const bool gather = s.sh == 1 && s.sw == 1;
       at::parallel_for(0, stacks * C, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> xb, gw, gxb;
+        std::vector<T> xb, gw, gxb, coef;
+        std::vector<int64_t> off;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t c = item / stacks, si = item % stacks, n0 = si * stack;
           const int64_t count = std::min(stack, g.batch - n0);
@@ -322,14 +401,28 @@ struct CpuBackend {
               phases_into(x + ((n0 + j) * C + c) * in_plane, s, box, xb.data() + j * block);
             }
           }
-          gw.assign(count * block, T(0));
-          for (int64_t j = 0; j < count; ++j) widen_into(go + ((n0 + j) * C + c) * out_plane, s, box, gw.data() + j * block);
-          if (gxp) gxb.assign(count * block, T(0));
+          // The stack's output gradient on the wide grid; for the gather, after a zero lead
+          // of `front` elements so that g[j - off_t] never reads before the buffer.
+          int64_t front = 0, n_taps = 0;
+          if (gxp && gather) {
+            n_taps = value_taps(t, w + c * K, K, box, s, off, coef);
+            for (int64_t i = 0; i < n_taps; ++i) front = std::max(front, off[i]);
+            for (int64_t i = 0; i < n_taps; ++i) off[i] = front - off[i];
+          }
+          const int64_t total = count * block;
+          gw.assign(front + round_up(total, kBlockSlack) + kBlockSlack, T(0));
+          for (int64_t j = 0; j < count; ++j) {
+            widen_into(go + ((n0 + j) * C + c) * out_plane, s, box, gw.data() + front + j * block);
+          }
+          const T* gs = gw.data() + front;
+          if (gxp) gxb.assign(round_up(total, kBlockSlack), T(0));
+          if (gxp && gather) sum_of_taps(gw.data(), off.data(), coef.data(), n_taps, T(0), total, gxb.data());
           box.len += (count - 1) * block;
+          T* scatter_to = gxp && !gather ? gxb.data() : nullptr;
           for (int64_t k = 0; k < K; ++k) {
             const T wk = w[c * K + k];
-            const Read3<T> r = synapse_backward(gw.data(), xb.data(), gxp ? gxb.data() : nullptr, box, s,
-                                                t[2 * k], t[2 * k + 1], wk, need_sums);
+            const Read3<T> r = synapse_backward(gs, xb.data(), scatter_to, box, s, t[2 * k], t[2 * k + 1], wk,
+                                                need_sums);
             T* dst = part + si * C * K * 3 + (c * K + k) * 3;
             dst[0] = r.value;
             dst[1] = wk * r.d_alpha;
