@@ -223,10 +223,21 @@ inline void dot_rows(const T* __restrict g, const T* const* x, T* __restrict acc
 }
 
 // One pixel's backward of one synapse (x, gx: the pixel's own place in the padded
-// buffers): its transposed read of g into gx and, per slope tap, running products of g
-// with the tap's read (acc: slopes x cpg).
+// buffers): its transposed read of g into gx, per slope tap running products of g with
+// the tap's read (acc: slopes x cpg), and, with col, its columns entry for the weight
+// gradient (the same reads, while they are in L1).
 template <typename T>
-void pixel_backward(const T* g, const T* x, T* gx, const SynapseTaps<T>& st, int64_t cpg, T* acc) {
+void pixel_backward(const T* g, const T* x, T* gx, const SynapseTaps<T>& st, int64_t cpg, T* acc, T* col) {
+  if (col != nullptr) {
+    const T* src[4] = {x + st.value_off[0], x + st.value_off[1], x + st.value_off[2], x + st.value_off[3]};
+    switch (st.values) {
+      case 0: std::fill(col, col + cpg, T(0)); break;
+      case 1: combine<T, 1>(col, src, st.cv, cpg); break;
+      case 2: combine<T, 2>(col, src, st.cv, cpg); break;
+      case 3: combine<T, 3>(col, src, st.cv, cpg); break;
+      default: combine<T, 4>(col, src, st.cv, cpg);
+    }
+  }
   if (gx != nullptr) {
     T* dst[4] = {gx + st.value_off[0], gx + st.value_off[1], gx + st.value_off[2], gx + st.value_off[3]};
     switch (st.values) {
@@ -401,25 +412,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiles_backward(const at::Tensor& 
               const SynapseTaps<T>* set_taps = &taps[un.set * K];
               const at::Tensor go_tile =
                   pixels_by_channels(go + n * grad_out.stride(0), gs, g, m0, npix, un.first_out_channel, per_unit);
-              if (need_w) {
+              if (need_w && !need_x && !need_pos) {
                 fill_columns(padded.data(), pad, g, set_taps, un.first_in_channel, m0, m1, cols.data());
-                at::Tensor gw_unit = matrix(gw + un.first_out_channel * col_width, per_unit, col_width, col_width);
-                at::addmm_out(gw_unit, gw_unit, go_tile.t(), matrix(cols.data(), npix, col_width, col_width));
               }
-              if (!need_x && !need_pos) continue;
-              at::Tensor gc = matrix(gcols.data(), npix, col_width, col_width);
-              at::mm_out(gc, go_tile, matrix(w + un.first_out_channel * col_width, per_unit, col_width, col_width));
-              if (need_pos) std::fill(acc.begin(), acc.end(), T(0));
-              for (int m = m0; m < m1; ++m) {
-                for (int q = 0; q < g.out_w; ++q) {
-                  const int64_t at_pixel = pad.pixel(m * g.stride_h, q * g.stride_w) + un.first_in_channel;
-                  const T* grow = gcols.data() + (static_cast<int64_t>(m - m0) * g.out_w + q) * col_width;
-                  for (int64_t k = 0; k < K; ++k) {
-                    pixel_backward(grow + k * cpg, padded.data() + at_pixel,
-                                   need_x ? gx_padded.data() + at_pixel : nullptr, set_taps[k], cpg,
-                                   need_pos ? acc.data() + k * 6 * cpg : nullptr);
+              if (need_x || need_pos) {
+                at::Tensor gc = matrix(gcols.data(), npix, col_width, col_width);
+                at::mm_out(gc, go_tile, matrix(w + un.first_out_channel * col_width, per_unit, col_width, col_width));
+                if (need_pos) std::fill(acc.begin(), acc.end(), T(0));
+                for (int m = m0; m < m1; ++m) {
+                  for (int q = 0; q < g.out_w; ++q) {
+                    const int64_t at_pixel = pad.pixel(m * g.stride_h, q * g.stride_w) + un.first_in_channel;
+                    const int64_t p = static_cast<int64_t>(m - m0) * g.out_w + q;
+                    for (int64_t k = 0; k < K; ++k) {
+                      pixel_backward(gcols.data() + p * col_width + k * cpg, padded.data() + at_pixel,
+                                     need_x ? gx_padded.data() + at_pixel : nullptr, set_taps[k], cpg,
+                                     need_pos ? acc.data() + k * 6 * cpg : nullptr,
+                                     need_w ? cols.data() + p * col_width + k * cpg : nullptr);
+                    }
                   }
                 }
+              }
+              if (need_w) {
+                at::Tensor gw_unit = matrix(gw + un.first_out_channel * col_width, per_unit, col_width, col_width);
+                at::addmm_out(gw_unit, gw_unit, go_tile.t(), matrix(cols.data(), npix, col_width, col_width));
               }
               if (!need_pos) continue;
               // This unit's share of the position gradient, summed in (synapse, tap, channel) order.
