@@ -242,25 +242,6 @@ int64_t value_taps(const AxisTaps<T>* t, const T* w, int64_t K, const PhaseBox& 
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// acc[q] += scale * (bilinear read of one synapse) on the wide grid.
-template <typename T>
-void sample_add(const T* xb, const PhaseBox& b, const PlaneShape& s, const AxisTaps<T>& ta,
-                const AxisTaps<T>& tb, T scale, T* acc) {
-  const int64_t len = b.len;
-  for (int i = 0; i < ta.count; ++i) {
-    const int dr = ta.first + i;
-    if (ta.value[i] == T(0) || !tap_hits(dr, s.h)) continue;
-    for (int j = 0; j < tb.count; ++j) {
-      const int dc = tb.first + j;
-      if (tb.value[j] == T(0) || !tap_hits(dc, s.w)) continue;
-      const T coef = scale * ta.value[i] * tb.value[j];
-      const T* src = xb + tap_offset(b, dr, dc);
-#pragma omp simd
-      for (int64_t q = 0; q < len; ++q) acc[q] += coef * src[q];
-    }
-  }
-}
-
 // One synapse's backward on the wide grid: with gxb, adds scale * its transposed read of
 // g; with want_dots, returns the dots of g with its value and slope reads.
 template <typename T>
@@ -459,16 +440,20 @@ struct CpuBackend {
       const int64_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
       const int64_t units_per_group = g.units / g.groups, units_per_set = g.units / g.sets;
       at::parallel_for(0, g.units * g.c_per_group * nb, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> xb, acc;
+        std::vector<T> xb, acc, coef;
+        std::vector<int64_t> off;
+        const T one = T(1);
         for (int64_t idx = begin; idx < end; ++idx) {
           const int64_t n = idx % nb, ci = (idx / nb) % g.c_per_group, u = idx / (nb * g.c_per_group);
           const int64_t c = (u / units_per_group) * g.c_per_group + ci, p = u / units_per_set;
           const AxisTaps<T>* t = &taps[2 * p * K];
           const PhaseBox box = phase_box(t, K, s);
-          phases_of(xp + (n * g.c_in + c) * in_plane, s, box, xb);
+          xb.assign(static_cast<size_t>(s.sh * s.sw) * box.plane + kBlockSlack, T(0));
+          phases_into(xp + (n * g.c_in + c) * in_plane, s, box, xb.data());
+          acc.resize(round_up(box.len, kBlockSlack));
           for (int64_t k = 0; k < K; ++k) {
-            acc.assign(static_cast<size_t>(s.out_h) * box.wq, T(0));
-            sample_add(xb.data(), box, s, t[2 * k], t[2 * k + 1], T(1), acc.data());
+            const int64_t n_taps = value_taps(t + 2 * k, &one, 1, box, s, off, coef);
+            sum_of_taps(xb.data(), off.data(), coef.data(), n_taps, T(0), box.len, acc.data());
             narrow_into(acc.data(), s, box, cp + ((n * g.units + u) * rows + ci * K + k) * out_plane);
           }
         }

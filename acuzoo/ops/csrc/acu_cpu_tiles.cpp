@@ -176,6 +176,19 @@ inline void combine(T* __restrict dst, const T* const* src, const T* c, int64_t 
   }
 }
 
+// dst[i] = one synapse's read of channel run i < cpg, from the reading pixel's place at.
+template <typename T>
+inline void read_synapse(const T* at, const SynapseTaps<T>& st, int64_t cpg, T* dst) {
+  const T* src[4] = {at + st.value_off[0], at + st.value_off[1], at + st.value_off[2], at + st.value_off[3]};
+  switch (st.values) {
+    case 0: std::fill(dst, dst + cpg, T(0)); break;
+    case 1: combine<T, 1>(dst, src, st.cv, cpg); break;
+    case 2: combine<T, 2>(dst, src, st.cv, cpg); break;
+    case 3: combine<T, 3>(dst, src, st.cv, cpg); break;
+    default: combine<T, 4>(dst, src, st.cv, cpg);
+  }
+}
+
 // Columns of one unit for output rows [m0, m1): row (pixel) p holds K runs of cpg reads.
 template <typename T>
 void fill_columns(const T* padded, const Padded& p, const Geometry& g, const SynapseTaps<T>* taps, int64_t c0,
@@ -185,19 +198,7 @@ void fill_columns(const T* padded, const Padded& p, const Geometry& g, const Syn
     for (int q = 0; q < g.out_w; ++q) {
       const T* base = padded + p.pixel(m * g.stride_h, q * g.stride_w) + c0;
       T* row = cols + (static_cast<int64_t>(m - m0) * g.out_w + q) * K * cpg;
-      for (int64_t k = 0; k < K; ++k) {
-        const SynapseTaps<T>& st = taps[k];
-        const T* src[4] = {base + st.value_off[0], base + st.value_off[1], base + st.value_off[2],
-                           base + st.value_off[3]};
-        T* dst = row + k * cpg;
-        switch (st.values) {
-          case 0: std::fill(dst, dst + cpg, T(0)); break;
-          case 1: combine<T, 1>(dst, src, st.cv, cpg); break;
-          case 2: combine<T, 2>(dst, src, st.cv, cpg); break;
-          case 3: combine<T, 3>(dst, src, st.cv, cpg); break;
-          default: combine<T, 4>(dst, src, st.cv, cpg);
-        }
-      }
+      for (int64_t k = 0; k < K; ++k) read_synapse(base, taps[k], cpg, row + k * cpg);
     }
   }
 }
@@ -228,16 +229,7 @@ inline void dot_rows(const T* __restrict g, const T* const* x, T* __restrict acc
 // gradient (the same reads, while they are in L1).
 template <typename T>
 void pixel_backward(const T* g, const T* x, T* gx, const SynapseTaps<T>& st, int64_t cpg, T* acc, T* col) {
-  if (col != nullptr) {
-    const T* src[4] = {x + st.value_off[0], x + st.value_off[1], x + st.value_off[2], x + st.value_off[3]};
-    switch (st.values) {
-      case 0: std::fill(col, col + cpg, T(0)); break;
-      case 1: combine<T, 1>(col, src, st.cv, cpg); break;
-      case 2: combine<T, 2>(col, src, st.cv, cpg); break;
-      case 3: combine<T, 3>(col, src, st.cv, cpg); break;
-      default: combine<T, 4>(col, src, st.cv, cpg);
-    }
-  }
+  if (col != nullptr) read_synapse(x, st, cpg, col);
   if (gx != nullptr) {
     T* dst[4] = {gx + st.value_off[0], gx + st.value_off[1], gx + st.value_off[2], gx + st.value_off[3]};
     switch (st.values) {
