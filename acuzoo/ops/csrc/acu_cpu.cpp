@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "acu_cpu_tiles.h"
@@ -159,16 +160,56 @@ void narrow_into(const T* wide, const PlaneShape& s, const PhaseBox& b, T* out) 
   }
 }
 
-// Depthwise work is split by (channel, stack of samples). At stride 1 the padded planes
-// of several samples of one channel lie end to end, so that each tap is one loop over
-// the whole stack (small planes: 7x7 is a 49-long loop, a stack of 32 is ~2.6k); the
-// scratch between planes is never copied out. Strided planes (phases) go one at a time.
-// Stacks depend only on the batch and plane sizes, so sums keep their order.
+// Depthwise work is split by (channel, stack of samples). At stride 1 the planes of
+// several samples of one channel lie on a grid in one buffer, sharing their zero borders,
+// so that each tap is one loop over the whole grid (a 7x7 plane is a 49-long loop; 32 of
+// them with shared +-2 borders, ~2.6k); the borders are never copied out. Strided planes
+// (phases) go one at a time. Stacks depend only on the batch and plane sizes, so sums
+// keep their order.
 constexpr int64_t kStackElements = 4096;
 
 inline int64_t stack_size(const Geometry& g, int64_t plane) {
   if (g.stride_h != 1 || g.stride_w != 1) return 1;
   return std::clamp<int64_t>(kStackElements / std::max<int64_t>(plane, 1), 1, g.batch);
+}
+
+// Where the planes of a stack lie in one buffer, and the flat loop that covers them: box
+// gives the taps' offsets (tap_offset) and the row pitch; output (m, n) of plane j sits
+// at slot(j) + m * box.wq + n, and the loop runs over wide indices [start, start + len).
+struct Stack {
+  PhaseBox box;
+  int64_t size, start, len;
+  int64_t origin, per_row, row_pitch, col_pitch;
+  int64_t slot(int64_t j) const { return origin + (j / per_row) * row_pitch + (j % per_row) * col_pitch; }
+};
+
+template <typename T>
+Stack stack_of(const AxisTaps<T>* taps, int64_t K, const PlaneShape& s, int64_t count) {
+  Stack st;
+  st.box = phase_box(taps, K, s);
+  PhaseBox& b = st.box;
+  if (s.sh != 1 || s.sw != 1) {  // one plane in phases, padded on its own
+    st.size = static_cast<int64_t>(s.sh * s.sw) * b.plane;
+    st.start = st.origin = 0;
+    st.len = b.len;
+    st.per_row = 1, st.row_pitch = st.size, st.col_pitch = 0;
+    return st;
+  }
+  const int pad_v = std::max(b.top, b.hq - b.top - s.h), pad_h = std::max(b.left, b.wq - b.left - s.w);
+  st.per_row = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(count))));
+  const int64_t rows = (count + st.per_row - 1) / st.per_row;
+  b.top = b.left = 0;  // offsets relative to the reading pixel
+  b.wq = static_cast<int>(pad_h + st.per_row * (s.w + pad_h));
+  b.hq = static_cast<int>(pad_v + rows * (s.h + pad_v));
+  b.plane = static_cast<int64_t>(b.hq) * b.wq;
+  st.size = b.plane;
+  st.origin = static_cast<int64_t>(pad_v) * b.wq + pad_h;
+  st.row_pitch = static_cast<int64_t>(s.h + pad_v) * b.wq;
+  st.col_pitch = s.w + pad_h;
+  st.start = st.origin;
+  st.len = st.slot(count - 1) + static_cast<int64_t>(s.h - 1) * b.wq + s.w - st.start;
+  b.len = st.len;
+  return st;
 }
 
 // ---- all taps of a channel at once -------------------------------------------------
@@ -331,18 +372,16 @@ struct CpuBackend {
           const int64_t c = item / stacks, n0 = (item % stacks) * stack;
           const int64_t count = std::min(stack, g.batch - n0);
           const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
-          const PhaseBox box = phase_box(t, K, s);
-          const int64_t block = static_cast<int64_t>(s.sh * s.sw) * box.plane;
-          const int64_t len = (count - 1) * block + box.len;  // one loop over the stack
-          xb.assign(count * block + kBlockSlack, T(0));
+          const Stack st = stack_of(t, K, s, count);
+          xb.assign(st.size + kBlockSlack, T(0));
           for (int64_t j = 0; j < count; ++j) {
-            phases_into(x + ((n0 + j) * C + c) * in_plane, s, box, xb.data() + j * block);
+            phases_into(x + ((n0 + j) * C + c) * in_plane, s, st.box, xb.data() + st.slot(j));
           }
-          const int64_t n_taps = value_taps(t, w + c * K, K, box, s, off, coef);
-          acc.resize(std::max(round_up(len, kBlockSlack), count * block));
-          sum_of_taps(xb.data(), off.data(), coef.data(), n_taps, b ? b[c] : T(0), len, acc.data());
+          const int64_t n_taps = value_taps(t, w + c * K, K, st.box, s, off, coef);
+          acc.resize(round_up(st.len, kBlockSlack));
+          sum_of_taps(xb.data() + st.start, off.data(), coef.data(), n_taps, b ? b[c] : T(0), st.len, acc.data());
           for (int64_t j = 0; j < count; ++j) {
-            narrow_into(acc.data() + j * block, s, box, y + ((n0 + j) * C + c) * out_plane);
+            narrow_into(acc.data() + st.slot(j) - st.start, s, st.box, y + ((n0 + j) * C + c) * out_plane);
           }
         }
       });
@@ -379,36 +418,31 @@ struct CpuBackend {
           const int64_t c = item / stacks, si = item % stacks, n0 = si * stack;
           const int64_t count = std::min(stack, g.batch - n0);
           const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
-          PhaseBox box = phase_box(t, K, s);
-          const int64_t block = static_cast<int64_t>(s.sh * s.sw) * box.plane;
+          const Stack st = stack_of(t, K, s, count);
           if (need_sums) {
-            xb.assign(count * block, T(0));
+            xb.assign(st.size + kBlockSlack, T(0));
             for (int64_t j = 0; j < count; ++j) {
-              phases_into(x + ((n0 + j) * C + c) * in_plane, s, box, xb.data() + j * block);
+              phases_into(x + ((n0 + j) * C + c) * in_plane, s, st.box, xb.data() + st.slot(j));
             }
           }
-          // The stack's output gradient on the wide grid; for the gather, after a zero lead
-          // of `front` elements so that g[j - off_t] never reads before the buffer.
-          int64_t front = 0, n_taps = 0;
-          if (gxp && gather) {
-            n_taps = value_taps(t, w + c * K, K, box, s, off, coef);
-            for (int64_t i = 0; i < n_taps; ++i) front = std::max(front, off[i]);
-            for (int64_t i = 0; i < n_taps; ++i) off[i] = front - off[i];
-          }
-          const int64_t total = count * block;
-          gw.assign(front + round_up(total, kBlockSlack) + kBlockSlack, T(0));
+          gw.assign(st.size + kBlockSlack, T(0));
           for (int64_t j = 0; j < count; ++j) {
-            widen_into(go + ((n0 + j) * C + c) * out_plane, s, box, gw.data() + front + j * block);
+            widen_into(go + ((n0 + j) * C + c) * out_plane, s, st.box, gw.data() + st.slot(j));
           }
-          const T* gs = gw.data() + front;
-          if (gxp) gxb.assign(round_up(total, kBlockSlack), T(0));
-          if (gxp && gather) sum_of_taps(gw.data(), off.data(), coef.data(), n_taps, T(0), total, gxb.data());
-          box.len += (count - 1) * block;
-          T* scatter_to = gxp && !gather ? gxb.data() : nullptr;
+          if (gxp) gxb.assign(st.size + kBlockSlack, T(0));
+          if (gxp && gather) {
+            // gx[i] = sum_t c_t g[i - off_t]: the borders keep i - off_t inside the buffer.
+            const int64_t n_taps = value_taps(t, w + c * K, K, st.box, s, off, coef);
+            for (int64_t i = 0; i < n_taps; ++i) off[i] = -off[i];
+            sum_of_taps(gw.data() + st.start, off.data(), coef.data(), n_taps, T(0), st.len,
+                        gxb.data() + st.start);
+          }
+          T* scatter_to = gxp && !gather ? gxb.data() + st.start : nullptr;
           for (int64_t k = 0; k < K; ++k) {
             const T wk = w[c * K + k];
-            const Read3<T> r = synapse_backward(gs, xb.data(), scatter_to, box, s, t[2 * k], t[2 * k + 1], wk,
-                                                need_sums);
+            const T* xs = need_sums ? xb.data() + st.start : nullptr;
+            const Read3<T> r = synapse_backward(gw.data() + st.start, xs, scatter_to, st.box, s, t[2 * k],
+                                                t[2 * k + 1], wk, need_sums);
             T* dst = part + si * C * K * 3 + (c * K + k) * 3;
             dst[0] = r.value;
             dst[1] = wk * r.d_alpha;
@@ -416,7 +450,7 @@ struct CpuBackend {
           }
           if (gxp) {
             for (int64_t j = 0; j < count; ++j) {
-              plane_from_phases(gxb.data() + j * block, s, box, gxp + ((n0 + j) * C + c) * in_plane);
+              plane_from_phases(gxb.data() + st.slot(j), s, st.box, gxp + ((n0 + j) * C + c) * in_plane);
             }
           }
         }
