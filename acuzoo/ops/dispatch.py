@@ -63,10 +63,10 @@ def choose_path(
     rb, _ = kernel_radius(positions[..., 1])
     box = (2 * ra + 1) * (2 * rb + 1)
     if native and depthwise:
-        # bench/ops.py: on MobileNetV2's planes at 224 px (7x7 and up, B=32) the native kernels
-        # run forward+backward at 0.7-1.5x the 3x3 conv where the dense path takes 2-3x. On
-        # small planes (MobileNetV2 at 32 px: 16x16 and down) the dense kernel's conv wins up to
-        # a 5x5 box (a whole training step 1.8x faster).
+        # bench/ops.py (bench/RESULTS.md): on MobileNetV2's planes at 224 px (7x7 and up, B=32)
+        # the native kernels beat the dense path at every spread (forward+backward 1.6-7x the
+        # channels_last 3x3 conv, against 2.5-11x). Below 7x7 (MobileNetV2 at 32 px) the dense
+        # kernel's conv won up to a 5x5 box (a whole training step 1.8x faster).
         out_pixels = ((x.shape[-2] - 1) // stride[0] + 1) * ((x.shape[-1] - 1) // stride[1] + 1)
         small = out_pixels < _NATIVE_DEPTHWISE_MIN_PIXELS
         return "dense" if small and box <= _DENSE_DEPTHWISE_MAX_BOX else "native"
