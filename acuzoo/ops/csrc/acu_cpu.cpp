@@ -110,7 +110,13 @@ void phases_into(const T* x, const PlaneShape& s, const PhaseBox& b, T* dst) {
     if (s.sw == 1) {
       copy_row(row, s.w, out);
     } else {
-      for (int c = 0; c < s.w; ++c) out[(c % s.sw) * b.plane + c / s.sw] = row[c];
+      // Column phase cp takes columns cp, cp + sw, ...: one strided loop each.
+      for (int cp = 0; cp < s.sw && cp < s.w; ++cp) {
+        T* dst = out + cp * b.plane;
+        const int n = (s.w - cp + s.sw - 1) / s.sw;
+#pragma omp simd
+        for (int i = 0; i < n; ++i) dst[i] = row[cp + i * s.sw];
+      }
     }
   }
 }
@@ -129,7 +135,12 @@ void plane_from_phases(const T* buf, const PlaneShape& s, const PhaseBox& b, T* 
     if (s.sw == 1) {
       copy_row(src, s.w, row);
     } else {
-      for (int c = 0; c < s.w; ++c) row[c] = src[(c % s.sw) * b.plane + c / s.sw];
+      for (int cp = 0; cp < s.sw && cp < s.w; ++cp) {
+        const T* from = src + cp * b.plane;
+        const int n = (s.w - cp + s.sw - 1) / s.sw;
+#pragma omp simd
+        for (int i = 0; i < n; ++i) row[cp + i * s.sw] = from[i];
+      }
     }
   }
 }
