@@ -268,6 +268,60 @@ void sum_of_taps(const T* src, const int64_t* off, const T* coef, int64_t taps, 
   }
 }
 
+// dots[t] = sum over q < len of g[q] * src[q + off[t]], every tap in one pass over g in
+// blocks of four vectors (g beyond len must read as zeros; acc: taps * lanes scratch).
+template <typename T>
+void dots_of_taps(const T* g, const T* src, const int64_t* off, int64_t taps, int64_t len, T* acc, T* dots) {
+  using V = typename Lanes<T>::vec;
+  constexpr int64_t L = Lanes<T>::n;
+  std::fill(acc, acc + taps * L, T(0));
+  for (int64_t q0 = 0; q0 < len; q0 += 4 * L) {
+    const V g0 = load_vec<V>(g + q0), g1 = load_vec<V>(g + q0 + L), g2 = load_vec<V>(g + q0 + 2 * L),
+            g3 = load_vec<V>(g + q0 + 3 * L);
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* p = src + off[t] + q0;
+      V a = g0 * load_vec<V>(p) + g1 * load_vec<V>(p + L);
+      a += g2 * load_vec<V>(p + 2 * L) + g3 * load_vec<V>(p + 3 * L);
+      store_vec(acc + t * L, load_vec<V>(acc + t * L) + a);
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    T d = T(0);
+    for (int64_t i = 0; i < L; ++i) d += acc[t * L + i];
+    dots[t] = d;
+  }
+}
+
+// Every tap a channel's synapses read or differentiate (cv, ca or cb non-zero), with its
+// synapse: the dots that give the weight and position gradients.
+template <typename T>
+struct SlopeTaps {
+  std::vector<int64_t> off, synapse;
+  std::vector<T> cv, ca, cb;
+};
+
+template <typename T>
+void slope_taps(const AxisTaps<T>* t, int64_t K, const PhaseBox& b, const PlaneShape& s, SlopeTaps<T>& out) {
+  out.off.clear(), out.synapse.clear(), out.cv.clear(), out.ca.clear(), out.cb.clear();
+  for (int64_t k = 0; k < K; ++k) {
+    const AxisTaps<T>& ta = t[2 * k];
+    const AxisTaps<T>& tb = t[2 * k + 1];
+    for (int i = 0; i < ta.count; ++i) {
+      const int dr = ta.first + i;
+      if (!tap_hits(dr, s.h)) continue;
+      for (int j = 0; j < tb.count; ++j) {
+        const int dc = tb.first + j;
+        if (!tap_hits(dc, s.w)) continue;
+        const T cv = ta.value[i] * tb.value[j], ca = ta.slope[i] * tb.value[j], cb = ta.value[i] * tb.slope[j];
+        if (cv == T(0) && ca == T(0) && cb == T(0)) continue;
+        out.off.push_back(tap_offset(b, dr, dc));
+        out.synapse.push_back(k);
+        out.cv.push_back(cv), out.ca.push_back(ca), out.cb.push_back(cb);
+      }
+    }
+  }
+}
+
 // The value taps of a channel's synapses on the wide grid: offsets into the phases and
 // coefficients weight * bilinear weight (taps that never touch the plane are left out).
 template <typename T>
@@ -423,8 +477,9 @@ struct CpuBackend {
       // the forward's blocked kernel (one store per element); strided planes scatter.
       const bool gather = s.sh == 1 && s.sw == 1;
       at::parallel_for(0, stacks * C, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> xb, gw, gxb, coef;
+        std::vector<T> xb, gw, gxb, coef, dot_acc, dots;
         std::vector<int64_t> off;
+        SlopeTaps<T> sl;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t c = item / stacks, si = item % stacks, n0 = si * stack;
           const int64_t count = std::min(stack, g.batch - n0);
@@ -448,16 +503,35 @@ struct CpuBackend {
             sum_of_taps(gw.data() + st.start, off.data(), coef.data(), n_taps, T(0), st.len,
                         gxb.data() + st.start);
           }
-          T* scatter_to = gxp && !gather ? gxb.data() + st.start : nullptr;
-          for (int64_t k = 0; k < K; ++k) {
-            const T wk = w[c * K + k];
-            const T* xs = need_sums ? xb.data() + st.start : nullptr;
-            const Read3<T> r = synapse_backward(gw.data() + st.start, xs, scatter_to, st.box, s, t[2 * k],
-                                                t[2 * k + 1], wk, need_sums);
-            T* dst = part + si * C * K * 3 + (c * K + k) * 3;
-            dst[0] = r.value;
-            dst[1] = wk * r.d_alpha;
-            dst[2] = wk * r.d_beta;
+          T* sums = part + si * C * K * 3 + c * K * 3;
+          if (gather) {
+            // All slope dots of the channel in one blocked pass (g is zero past the planes).
+            if (need_sums) {
+              slope_taps(t, K, st.box, s, sl);
+              const int64_t n = static_cast<int64_t>(sl.off.size());
+              dot_acc.resize(n * Lanes<T>::n);
+              dots.resize(n);
+              dots_of_taps(gw.data() + st.start, xb.data() + st.start, sl.off.data(), n, st.len, dot_acc.data(),
+                           dots.data());
+              for (int64_t i = 0; i < n; ++i) {
+                const int64_t k = sl.synapse[i];
+                sums[k * 3] += sl.cv[i] * dots[i];
+                sums[k * 3 + 1] += w[c * K + k] * sl.ca[i] * dots[i];
+                sums[k * 3 + 2] += w[c * K + k] * sl.cb[i] * dots[i];
+              }
+            }
+          } else {
+            T* scatter_to = gxp ? gxb.data() + st.start : nullptr;
+            for (int64_t k = 0; k < K; ++k) {
+              const T wk = w[c * K + k];
+              const T* xs = need_sums ? xb.data() + st.start : nullptr;
+              const Read3<T> r = synapse_backward(gw.data() + st.start, xs, scatter_to, st.box, s, t[2 * k],
+                                                  t[2 * k + 1], wk, need_sums);
+              T* dst = sums + k * 3;
+              dst[0] = r.value;
+              dst[1] = wk * r.d_alpha;
+              dst[2] = wk * r.d_beta;
+            }
           }
           if (gxp) {
             for (int64_t j = 0; j < count; ++j) {
