@@ -292,6 +292,26 @@ void dots_of_taps(const T* g, const T* src, const int64_t* off, int64_t taps, in
   }
 }
 
+// Calls fn(k, dr, dc, cv, ca, cb) for every tap of synapses [0, K) that touches the plane
+// and has a non-zero value (cv) or slope (ca, cb) weight.
+template <typename T, typename Fn>
+void for_each_tap(const AxisTaps<T>* t, int64_t K, const PlaneShape& s, Fn&& fn) {
+  for (int64_t k = 0; k < K; ++k) {
+    const AxisTaps<T>& ta = t[2 * k];
+    const AxisTaps<T>& tb = t[2 * k + 1];
+    for (int i = 0; i < ta.count; ++i) {
+      const int dr = ta.first + i;
+      if (!tap_hits(dr, s.h)) continue;
+      for (int j = 0; j < tb.count; ++j) {
+        const int dc = tb.first + j;
+        if (!tap_hits(dc, s.w)) continue;
+        const T cv = ta.value[i] * tb.value[j], ca = ta.slope[i] * tb.value[j], cb = ta.value[i] * tb.slope[j];
+        if (cv != T(0) || ca != T(0) || cb != T(0)) fn(k, dr, dc, cv, ca, cb);
+      }
+    }
+  }
+}
+
 // Every tap a channel's synapses read or differentiate (cv, ca or cb non-zero), with its
 // synapse: the dots that give the weight and position gradients.
 template <typename T>
@@ -303,23 +323,11 @@ struct SlopeTaps {
 template <typename T>
 void slope_taps(const AxisTaps<T>* t, int64_t K, const PhaseBox& b, const PlaneShape& s, SlopeTaps<T>& out) {
   out.off.clear(), out.synapse.clear(), out.cv.clear(), out.ca.clear(), out.cb.clear();
-  for (int64_t k = 0; k < K; ++k) {
-    const AxisTaps<T>& ta = t[2 * k];
-    const AxisTaps<T>& tb = t[2 * k + 1];
-    for (int i = 0; i < ta.count; ++i) {
-      const int dr = ta.first + i;
-      if (!tap_hits(dr, s.h)) continue;
-      for (int j = 0; j < tb.count; ++j) {
-        const int dc = tb.first + j;
-        if (!tap_hits(dc, s.w)) continue;
-        const T cv = ta.value[i] * tb.value[j], ca = ta.slope[i] * tb.value[j], cb = ta.value[i] * tb.slope[j];
-        if (cv == T(0) && ca == T(0) && cb == T(0)) continue;
-        out.off.push_back(tap_offset(b, dr, dc));
-        out.synapse.push_back(k);
-        out.cv.push_back(cv), out.ca.push_back(ca), out.cb.push_back(cb);
-      }
-    }
-  }
+  for_each_tap(t, K, s, [&](int64_t k, int dr, int dc, T cv, T ca, T cb) {
+    out.off.push_back(tap_offset(b, dr, dc));
+    out.synapse.push_back(k);
+    out.cv.push_back(cv), out.ca.push_back(ca), out.cb.push_back(cb);
+  });
 }
 
 // The value taps of a channel's synapses on the wide grid: offsets into the phases and
@@ -329,20 +337,11 @@ int64_t value_taps(const AxisTaps<T>* t, const T* w, int64_t K, const PhaseBox& 
                    std::vector<int64_t>& off, std::vector<T>& coef) {
   off.clear();
   coef.clear();
-  for (int64_t k = 0; k < K; ++k) {
-    const AxisTaps<T>& ta = t[2 * k];
-    const AxisTaps<T>& tb = t[2 * k + 1];
-    for (int i = 0; i < ta.count; ++i) {
-      const int dr = ta.first + i;
-      if (ta.value[i] == T(0) || !tap_hits(dr, s.h)) continue;
-      for (int j = 0; j < tb.count; ++j) {
-        const int dc = tb.first + j;
-        if (tb.value[j] == T(0) || !tap_hits(dc, s.w)) continue;
-        off.push_back(tap_offset(b, dr, dc));
-        coef.push_back(w[k] * ta.value[i] * tb.value[j]);
-      }
-    }
-  }
+  for_each_tap(t, K, s, [&](int64_t k, int dr, int dc, T cv, T, T) {
+    if (cv == T(0)) return;
+    off.push_back(tap_offset(b, dr, dc));
+    coef.push_back(w[k] * cv);
+  });
   return static_cast<int64_t>(off.size());
 }
 
@@ -355,42 +354,34 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
                           const AxisTaps<T>& ta, const AxisTaps<T>& tb, T scale, bool want_dots) {
   Read3<T> res{T(0), T(0), T(0)};
   const int64_t len = b.len;
-  for (int i = 0; i < ta.count; ++i) {
-    const int dr = ta.first + i;
-    if (!tap_hits(dr, s.h)) continue;
-    for (int j = 0; j < tb.count; ++j) {
-      const int dc = tb.first + j;
-      if (!tap_hits(dc, s.w)) continue;
-      const T cv = ta.value[i] * tb.value[j];
-      const T ca = ta.slope[i] * tb.value[j];
-      const T cb = ta.value[i] * tb.slope[j];
-      const bool dot = want_dots && (cv != T(0) || ca != T(0) || cb != T(0));
-      const bool scatter = gxb != nullptr && cv != T(0);
-      const int64_t off = tap_offset(b, dr, dc);
-      const T coef = scale * cv;
-      T d = T(0);
-      if (dot && scatter) {
-        const T* xs = xb + off;
-        T* gs = gxb + off;
+  const AxisTaps<T> synapse[2] = {ta, tb};
+  for_each_tap(synapse, 1, s, [&](int64_t, int dr, int dc, T cv, T ca, T cb) {
+    const bool dot = want_dots;
+    const bool scatter = gxb != nullptr && cv != T(0);
+    const int64_t off = tap_offset(b, dr, dc);
+    const T coef = scale * cv;
+    T d = T(0);
+    if (dot && scatter) {
+      const T* xs = xb + off;
+      T* gs = gxb + off;
 #pragma omp simd reduction(+ : d)
-        for (int64_t q = 0; q < len; ++q) {
-          d += g[q] * xs[q];
-          gs[q] += coef * g[q];
-        }
-      } else if (dot) {
-        const T* xs = xb + off;
-#pragma omp simd reduction(+ : d)
-        for (int64_t q = 0; q < len; ++q) d += g[q] * xs[q];
-      } else if (scatter) {
-        T* gs = gxb + off;
-#pragma omp simd
-        for (int64_t q = 0; q < len; ++q) gs[q] += coef * g[q];
+      for (int64_t q = 0; q < len; ++q) {
+        d += g[q] * xs[q];
+        gs[q] += coef * g[q];
       }
-      res.value += cv * d;
-      res.d_alpha += ca * d;
-      res.d_beta += cb * d;
+    } else if (dot) {
+      const T* xs = xb + off;
+#pragma omp simd reduction(+ : d)
+      for (int64_t q = 0; q < len; ++q) d += g[q] * xs[q];
+    } else if (scatter) {
+      T* gs = gxb + off;
+#pragma omp simd
+      for (int64_t q = 0; q < len; ++q) gs[q] += coef * g[q];
     }
-  }
+    res.value += cv * d;
+    res.d_alpha += ca * d;
+    res.d_beta += cb * d;
+  });
   return res;
 }
 
