@@ -354,34 +354,42 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
                           const AxisTaps<T>& ta, const AxisTaps<T>& tb, T scale, bool want_dots) {
   Read3<T> res{T(0), T(0), T(0)};
   const int64_t len = b.len;
-  const AxisTaps<T> synapse[2] = {ta, tb};
-  for_each_tap(synapse, 1, s, [&](int64_t, int dr, int dc, T cv, T ca, T cb) {
-    const bool dot = want_dots;
-    const bool scatter = gxb != nullptr && cv != T(0);
-    const int64_t off = tap_offset(b, dr, dc);
-    const T coef = scale * cv;
-    T d = T(0);
-    if (dot && scatter) {
-      const T* xs = xb + off;
-      T* gs = gxb + off;
+  for (int i = 0; i < ta.count; ++i) {
+    const int dr = ta.first + i;
+    if (!tap_hits(dr, s.h)) continue;
+    for (int j = 0; j < tb.count; ++j) {
+      const int dc = tb.first + j;
+      if (!tap_hits(dc, s.w)) continue;
+      const T cv = ta.value[i] * tb.value[j], ca = ta.slope[i] * tb.value[j], cb = ta.value[i] * tb.slope[j];
+      // Plain loops here, not for_each_tap's callback: through a lambda's captures GCC
+      // no longer vectorises the passes below (4x slower on strided layers).
+      const bool dot = want_dots && (cv != T(0) || ca != T(0) || cb != T(0));
+      const bool scatter = gxb != nullptr && cv != T(0);
+      const int64_t off = tap_offset(b, dr, dc);
+      const T coef = scale * cv;
+      T d = T(0);
+      if (dot && scatter) {
+        const T* xs = xb + off;
+        T* gs = gxb + off;
 #pragma omp simd reduction(+ : d)
-      for (int64_t q = 0; q < len; ++q) {
-        d += g[q] * xs[q];
-        gs[q] += coef * g[q];
-      }
-    } else if (dot) {
-      const T* xs = xb + off;
+        for (int64_t q = 0; q < len; ++q) {
+          d += g[q] * xs[q];
+          gs[q] += coef * g[q];
+        }
+      } else if (dot) {
+        const T* xs = xb + off;
 #pragma omp simd reduction(+ : d)
-      for (int64_t q = 0; q < len; ++q) d += g[q] * xs[q];
-    } else if (scatter) {
-      T* gs = gxb + off;
+        for (int64_t q = 0; q < len; ++q) d += g[q] * xs[q];
+      } else if (scatter) {
+        T* gs = gxb + off;
 #pragma omp simd
-      for (int64_t q = 0; q < len; ++q) gs[q] += coef * g[q];
+        for (int64_t q = 0; q < len; ++q) gs[q] += coef * g[q];
+      }
+      res.value += cv * d;
+      res.d_alpha += ca * d;
+      res.d_beta += cb * d;
     }
-    res.value += cv * d;
-    res.d_alpha += ca * d;
-    res.d_beta += cb * d;
-  });
+  }
   return res;
 }
 
