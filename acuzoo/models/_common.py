@@ -17,24 +17,32 @@ MAX_IN_CHANS = 64
 MAX_NUM_CLASSES = 1_000_000
 
 
+def zoo_cfg(**fields: Any) -> dict[str, Any]:
+    """A timm pretrained config with what every zoo model shares (no URL: weights come from
+    acuzoo's checkpoint registry; licence; the paper) and the family's own ``fields``."""
+    return {
+        "url": "",
+        "interpolation": "bilinear",
+        "license": "mit",
+        "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",
+        **fields,
+    }
+
+
 def imagenet_cfg(first_conv: str, **kwargs: Any) -> dict[str, Any]:
     """A complete timm pretrained config for the ImageNet families: the paper trains and evaluates
     every ImageNet model on 224 crops of 256 images (section 5.1)."""
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": first_conv,
-        "classifier": "classifier",
-        "license": "mit",
-        "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",
-        **kwargs,
-    }
+    family = dict(
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=(7, 7),
+        crop_pct=0.875,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        first_conv=first_conv,
+        classifier="classifier",
+    )
+    return zoo_cfg(**{**family, **kwargs})  # a tag's own fields win
 
 
 def build_imagenet_model(model_cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:

@@ -24,7 +24,7 @@ from torch import nn
 from ..hub.pretrained import build_zoo_model
 from ..hub.published import fmnist_cfg
 from ..nn import ActiveConv2d
-from ._common import MAX_NUM_CLASSES, check_int_range, check_model_args
+from ._common import MAX_NUM_CLASSES, check_int_range, check_model_args, zoo_cfg
 
 __all__ = ["CifarResNet", "PreActBottleneck", "create_spatial_conv"]
 
@@ -308,21 +308,18 @@ def create_cifar_model(variant: str, pretrained: bool = False, **kwargs: Any) ->
 
 def cifar_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     """Pretrained cfg of a CIFAR-10 model (no weights published yet)."""
-    return {
-        "url": url,
-        "num_classes": 10,
-        "input_size": (3, 32, 32),
-        "pool_size": (8, 8),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2470, 0.2435, 0.2616),
-        "first_conv": "stem",
-        "classifier": "head.fc",
-        "license": "mit",
-        "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",
-        **kwargs,
-    }
+    family = dict(
+        url=url,
+        num_classes=10,
+        input_size=(3, 32, 32),
+        pool_size=(8, 8),
+        crop_pct=1.0,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        first_conv="stem",
+        classifier="head.fc",
+    )
+    return zoo_cfg(**{**family, **kwargs})  # a tag's own fields win
 
 
 def _resnet29(**kwargs: Any) -> dict[str, Any]:
