@@ -11,6 +11,8 @@
 #include <cmath>
 #include <vector>
 
+#include "acu_cpu_blocks.h"
+#include "acu_cpu_taps.h"
 #include "acu_cpu_tiles.h"
 #include "acu_driver.h"
 #include "acu_math.h"
@@ -27,18 +29,6 @@ inline PlaneShape plane_shape(const Geometry& g) {
           static_cast<int>(g.out_w), static_cast<int>(g.stride_h), static_cast<int>(g.stride_w)};
 }
 
-template <typename T>
-std::vector<AxisTaps<T>> all_taps(const at::Tensor& positions) {
-  const int64_t n = positions.numel() / 2;
-  const T* pos = positions.data_ptr<T>();
-  std::vector<AxisTaps<T>> taps(2 * n);
-  for (int64_t i = 0; i < n; ++i) {
-    taps[2 * i] = axis_taps<T>(pos[2 * i]);
-    taps[2 * i + 1] = axis_taps<T>(pos[2 * i + 1]);
-  }
-  return taps;
-}
-
 // ---- polyphase padded planes: one flat loop per tap ---------------------------------
 // A tap (dr, dc) of output (m, n) reads x[m*sh + dr, n*sw + dc]. Split x into its sh x sw
 // phases, x_ph[r', c'] = x[r'*sh + rp, c'*sw + cp], each zero-padded to hq x wq: then the
@@ -50,9 +40,6 @@ std::vector<AxisTaps<T>> all_taps(const at::Tensor& positions) {
 
 inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int mod_pos(int a, int b) { return a - floor_div(a, b) * b; }
-
-// A tap at displacement d touches the plane for some output only if |d| < size.
-inline bool tap_hits(int d, int size) { return d > -size && d < size; }
 
 struct PhaseBox {
   int sh, sw, top, left, hq, wq;
@@ -228,24 +215,7 @@ Stack stack_of(const AxisTaps<T>* taps, int64_t K, const PlaneShape& s, int64_t 
 // 64-byte vectors held in registers: one store per element whatever the number of taps
 // (a depthwise synapse set has up to 36), instead of one read-modify-write per tap.
 // Reads may run up to one block past len: buffers carry kBlockSlack zeros at the end.
-template <typename T>
-struct Lanes {
-  typedef T vec __attribute__((vector_size(64)));
-  static constexpr int64_t n = 64 / sizeof(T);
-};
 constexpr int64_t kBlockSlack = 64;  // elements: 4 vectors of float (and more of double)
-
-template <typename V, typename T>
-inline V load_vec(const T* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V, typename T>
-inline void store_vec(T* p, const V& v) {
-  __builtin_memcpy(p, &v, sizeof(V));
-}
 
 template <typename T>
 void sum_of_taps(const T* src, const int64_t* off, const T* coef, int64_t taps, T init, int64_t len, T* out) {
@@ -292,26 +262,6 @@ void dots_of_taps(const T* g, const T* src, const int64_t* off, int64_t taps, in
   }
 }
 
-// Calls fn(k, dr, dc, cv, ca, cb) for every tap of synapses [0, K) that touches the plane
-// and has a non-zero value (cv) or slope (ca, cb) weight.
-template <typename T, typename Fn>
-void for_each_tap(const AxisTaps<T>* t, int64_t K, const PlaneShape& s, Fn&& fn) {
-  for (int64_t k = 0; k < K; ++k) {
-    const AxisTaps<T>& ta = t[2 * k];
-    const AxisTaps<T>& tb = t[2 * k + 1];
-    for (int i = 0; i < ta.count; ++i) {
-      const int dr = ta.first + i;
-      if (!tap_hits(dr, s.h)) continue;
-      for (int j = 0; j < tb.count; ++j) {
-        const int dc = tb.first + j;
-        if (!tap_hits(dc, s.w)) continue;
-        const T cv = ta.value[i] * tb.value[j], ca = ta.slope[i] * tb.value[j], cb = ta.value[i] * tb.slope[j];
-        if (cv != T(0) || ca != T(0) || cb != T(0)) fn(k, dr, dc, cv, ca, cb);
-      }
-    }
-  }
-}
-
 // Every tap a channel's synapses read or differentiate (cv, ca or cb non-zero), with its
 // synapse: the dots that give the weight and position gradients.
 template <typename T>
@@ -323,7 +273,7 @@ struct SlopeTaps {
 template <typename T>
 void slope_taps(const AxisTaps<T>* t, int64_t K, const PhaseBox& b, const PlaneShape& s, SlopeTaps<T>& out) {
   out.off.clear(), out.synapse.clear(), out.cv.clear(), out.ca.clear(), out.cb.clear();
-  for_each_tap(t, K, s, [&](int64_t k, int dr, int dc, T cv, T ca, T cb) {
+  for_each_tap(t, K, s.h, s.w, [&](int64_t k, int dr, int dc, T cv, T ca, T cb) {
     out.off.push_back(tap_offset(b, dr, dc));
     out.synapse.push_back(k);
     out.cv.push_back(cv), out.ca.push_back(ca), out.cb.push_back(cb);
@@ -337,7 +287,7 @@ int64_t value_taps(const AxisTaps<T>* t, const T* w, int64_t K, const PhaseBox& 
                    std::vector<int64_t>& off, std::vector<T>& coef) {
   off.clear();
   coef.clear();
-  for_each_tap(t, K, s, [&](int64_t k, int dr, int dc, T cv, T, T) {
+  for_each_tap(t, K, s.h, s.w, [&](int64_t k, int dr, int dc, T cv, T, T) {
     if (cv == T(0)) return;
     off.push_back(tap_offset(b, dr, dc));
     coef.push_back(w[k] * cv);
@@ -396,6 +346,18 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
 struct CpuBackend {
   // Grouped/shared layers run by cache-sized tiles where they suit (acu_cpu_tiles.cpp).
   static constexpr bool kTiles = true;
+  // Stride-1 depthwise layers on small planes run by channel blocks (acu_cpu_blocks.cpp).
+  static constexpr bool kBlocks = true;
+  static bool blocks_suit(const Geometry& g) { return acu::blocks_suit(g); }
+  static at::Tensor blocks_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                   const std::optional<at::Tensor>& bias, const Geometry& g) {
+    return acu::blocks_forward(input, weight, positions, bias, g);
+  }
+  static std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                                                            const at::Tensor& weight, const at::Tensor& positions,
+                                                            const Geometry& g, bool need_x, bool need_sums) {
+    return acu::blocks_backward(grad_out, input, weight, positions, g, need_x, need_sums);
+  }
   static bool tiles_suit(const Geometry& g, bool backward) { return acu::tiles_suit(g, backward); }
   static at::Tensor tiles_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                   const std::optional<at::Tensor>& bias, const Geometry& g) {

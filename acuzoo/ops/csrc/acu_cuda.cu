@@ -156,6 +156,7 @@ __global__ void reduce_rows_kernel(const A* __restrict__ partial, A* __restrict_
 
 struct CudaBackend {
   static constexpr bool kTiles = false;
+  static constexpr bool kBlocks = false;
   static int64_t columns_chunk(const Geometry& g) {
     const int64_t per_sample = g.units * g.c_per_group * g.synapses * g.out_h * g.out_w * 8;
     return std::max<int64_t>(1, std::min<int64_t>(g.batch, kColumnsBytes / std::max<int64_t>(per_sample, 1)));

@@ -90,6 +90,16 @@ bool uses_tiles(const Geometry& g, bool backward) {
   }
 }
 
+// Whether the backend's channel-block depthwise kernels (CPU) take this layer.
+template <class Backend>
+bool uses_blocks(const Geometry& g) {
+  if constexpr (Backend::kBlocks) {
+    return Backend::blocks_suit(g);
+  } else {
+    return false;
+  }
+}
+
 // The output and the input gradient take the input's memory format, as PyTorch's
 // convolutions do (the fake kernels in native_registration.py follow the same rule).
 inline bool is_channels_last(const at::Tensor& t) {
@@ -113,6 +123,12 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
     // Channels-last kernels: they take the input in whichever format it comes.
     if (uses_tiles<Backend>(g, false)) {
       return in_format_of(Backend::tiles_forward(input_, weight, positions, bias, g), input_);
+    }
+  }
+  if constexpr (Backend::kBlocks) {
+    // Channel-block kernels read and write either memory format.
+    if (uses_blocks<Backend>(g)) {
+      return Backend::blocks_forward(input_, weight, positions, bias, g);
     }
   }
   const at::Tensor input = input_.contiguous();
@@ -145,16 +161,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const at::ScalarType acc = math_type(dtype);
   const at::Tensor positions = positions_.to(acc).contiguous();
   const bool need_x = mask[0], need_w = mask[1], need_pos = mask[2];
-  const bool tiles = uses_tiles<Backend>(g, true);
-  // The tiled kernels take input and gradient in whichever format they come.
-  const at::Tensor input = tiles ? input_ : input_.contiguous();
-  const at::Tensor grad_out = tiles ? grad_out_.to(dtype) : grad_out_.to(dtype).contiguous();
+  const bool tiles = uses_tiles<Backend>(g, true), blocks = uses_blocks<Backend>(g);
+  // The tiled and channel-block kernels take input and gradient in whichever format they come.
+  const bool any_format = tiles || blocks;
+  const at::Tensor input = any_format ? input_ : input_.contiguous();
+  const at::Tensor grad_out = any_format ? grad_out_.to(dtype) : grad_out_.to(dtype).contiguous();
   at::Tensor grad_x, grad_w, grad_pos;
 
   if (is_depthwise(g)) {
     // sums: (C, K, 3) of (d/dw, w * d/dalpha, w * d/dbeta), each reduced in a fixed order.
-    auto [gx, sums] = Backend::depthwise_backward(grad_out, input, weight, positions, g, need_x,
-                                                  need_w || need_pos);
+    at::Tensor gx, sums;
+    if constexpr (Backend::kBlocks) {
+      if (blocks) {
+        std::tie(gx, sums) = Backend::blocks_backward(grad_out, input, weight, positions, g, need_x, need_w || need_pos);
+      }
+    }
+    if (!blocks) {
+      std::tie(gx, sums) = Backend::depthwise_backward(grad_out, input, weight, positions, g, need_x,
+                                                       need_w || need_pos);
+    }
     grad_x = gx;
     if (need_w) grad_w = sums.select(2, 0).reshape({g.c_out, 1, g.synapses});
     if (need_pos) {

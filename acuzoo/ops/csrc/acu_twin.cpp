@@ -24,6 +24,7 @@ inline Units twin_units(const Geometry& g) {
 
 struct TwinBackend {
   static constexpr bool kTiles = false;
+  static constexpr bool kBlocks = false;
   // Two chunks for any batch above one, so that the chunked columns code is exercised.
   static int64_t columns_chunk(const Geometry& g) { return std::max<int64_t>(1, (g.batch + 1) / 2); }
 

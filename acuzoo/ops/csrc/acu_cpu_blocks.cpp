@@ -1,0 +1,381 @@
+// Depthwise ACU on the CPU by channel blocks (see acu_cpu_blocks.h).
+//
+// On small planes (MobileNetV2's 28x28 and below) the plane-wise kernels of acu_cpu.cpp
+// spend most of each vector on padding and short rows. Here each channel's synapses are
+// first merged into its dense kernel: the sum over synapses of weight x bilinear weight
+// at each integer offset (Theorem 2; synapses sharing a tap share its read). The layer is
+// then a depthwise correlation with one vector lane per channel: a tap is one
+// multiply-add of a channel vector, whatever the plane size and the memory format.
+// The backward gathers the input gradient with the flipped kernel and takes the dense
+// kernel's gradient (one dot of the output gradient with each offset read, over the box
+// of every tap a synapse reads or differentiates), then turns those dots into the weight
+// and position sums with the synapses' bilinear value and slope weights.
+// Work goes by bands of channels sized to stay in L2 with their zero borders: a forward
+// task is (sample, band); a backward task owns a band for a fixed range of samples, and
+// those ranges' dots are added in order: bitwise reproducible for any thread count.
+#include "acu_cpu_blocks.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <vector>
+
+#include "acu_cpu_taps.h"
+
+namespace acu {
+namespace {
+
+std::atomic<int64_t> mode_override{0};
+// Planes up to this many pixels go by channel blocks: bench/ops.py (bench/RESULTS.md).
+constexpr int64_t kMaxBlockPlane = 28 * 28;
+// A backward task covers one of (at most) this many fixed sample ranges of a band.
+constexpr int64_t kSampleRanges = 8;
+// A band's buffer (one sample, borders included) holds about this many elements: the
+// backward's three stay in a core's L2.
+constexpr int64_t kBandElements = int64_t(64) << 10;
+// The widest band: enough channels per pixel for long copies from channels-last tensors.
+constexpr int64_t kMaxBandChannels = 512;
+
+// A rectangle of integer tap offsets (dr, dc), grown tap by tap; empty at first.
+struct Box {
+  int r0 = 0, r1 = -1, c0 = 0, c1 = -1;
+  bool empty() const { return r1 < r0; }
+  int cols() const { return empty() ? 0 : c1 - c0 + 1; }
+  int64_t taps() const { return empty() ? 0 : static_cast<int64_t>(r1 - r0 + 1) * cols(); }
+  int64_t index(int dr, int dc) const { return static_cast<int64_t>(dr - r0) * cols() + (dc - c0); }
+  void extend(int dr, int dc) {
+    if (empty()) {
+      r0 = r1 = dr, c0 = c1 = dc;
+      return;
+    }
+    r0 = std::min(r0, dr), r1 = std::max(r1, dr), c0 = std::min(c0, dc), c1 = std::max(c1, dc);
+  }
+};
+
+// Where a channels-last tensor keeps sample n, pixel (h, w): strides in elements.
+struct Layout {
+  int64_t n, h, w;
+};
+
+Layout layout_of(const at::Tensor& t) {
+  TORCH_CHECK(t.stride(1) == 1 || t.size(1) == 1, "acuzoo: channel-block kernels need channels-last tensors");
+  return {t.stride(0), t.stride(2), t.stride(3)};
+}
+
+// Output pixels computed together (one accumulator each): a tap's kernel vector is loaded
+// once per group and eight multiply-adds are in flight.
+constexpr int kGroup = 8;
+
+// A band buffer holds channels [c0, c0 + nl) of one sample pixel by pixel, `lanes` values
+// per pixel (nl rounded up to whole vectors; the rest zero): a tap's read of a pixel for
+// one block of L channels is one vector. Rows carry kGroup - 1 zero pixels on each side,
+// so that a group of pixels, or a run of kGroup taps, that reaches the plane at all stays
+// inside its row.
+struct Plane {
+  int H, W;
+  int64_t lanes;
+  static constexpr int pad = kGroup - 1;
+  int64_t pitch() const { return W + 2 * pad; }
+  int64_t size() const { return H * pitch() * lanes; }
+  int64_t at(int h, int w) const { return (h * pitch() + pad + w) * lanes; }
+};
+
+// Channels per band: as many whole vectors as keep a band's buffer near kBandElements,
+// spread evenly over the bands.
+int64_t band_channels(const Geometry& g, int64_t L) {
+  const int64_t cpad = (g.c_out + L - 1) / L * L;
+  const int64_t pixels = g.height * (g.width + 2 * Plane::pad);
+  const int64_t widest = std::clamp<int64_t>(kBandElements / pixels / L * L, L, kMaxBandChannels);
+  const int64_t bands = (cpad + widest - 1) / widest;
+  return ((cpad + bands - 1) / bands + L - 1) / L * L;
+}
+
+template <typename T>
+void block_in(const T* src, const Layout& s, const Plane& p, int64_t nl, T* dst) {
+  for (int h = 0; h < p.H; ++h) {
+    for (int w = 0; w < p.W; ++w) {
+      const T* from = src + h * s.h + w * s.w;
+      T* to = dst + p.at(h, w);
+      for (int64_t l = 0; l < nl; ++l) to[l] = from[l];
+      for (int64_t l = nl; l < p.lanes; ++l) to[l] = T(0);
+    }
+  }
+}
+
+template <typename T>
+void block_out(const T* src, const Plane& p, int64_t nl, const Layout& s, T* dst) {
+  for (int h = 0; h < p.H; ++h) {
+    for (int w = 0; w < p.W; ++w) {
+      const T* from = src + p.at(h, w);
+      T* to = dst + h * s.h + w * s.w;
+      for (int64_t l = 0; l < nl; ++l) to[l] = from[l];
+    }
+  }
+}
+
+// The layer's synapses merged per channel: the boxes of the taps they read (value) and
+// read or differentiate (slope), and each channel's dense kernel over the value box,
+// stored tap-major with the channels of a tap contiguous (cpad apart).
+template <typename T>
+struct Merged {
+  Box value, slope;
+  int64_t cpad = 0;
+  std::vector<T> kernel;
+};
+
+// The displacements of one axis's taps that touch the plane: all of them (slope), or
+// those with a non-zero value. Returns false when none does.
+template <typename T>
+bool axis_span(const AxisTaps<T>& a, int size, bool values_only, int& lo, int& hi) {
+  lo = INT32_MAX, hi = INT32_MIN;
+  for (int i = 0; i < a.count; ++i) {
+    const int d = a.first + i;
+    if (!tap_hits(d, size) || (values_only && a.value[i] == T(0))) continue;
+    lo = std::min(lo, d), hi = std::max(hi, d);
+  }
+  return lo <= hi;
+}
+
+template <typename T>
+Merged<T> merge(const std::vector<AxisTaps<T>>& taps, const T* w, const Geometry& g, int64_t L, bool want_kernel) {
+  const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+  const int64_t K = g.synapses, per_set = g.c_out / g.sets;
+  Merged<T> m;
+  for (int64_t k = 0; k < g.sets * K; ++k) {
+    int r0, r1, c0, c1;
+    for (const bool values : {true, false}) {
+      if (!axis_span(taps[2 * k], H, values, r0, r1) || !axis_span(taps[2 * k + 1], W, values, c0, c1)) continue;
+      Box& box = values ? m.value : m.slope;
+      box.extend(r0, c0);
+      box.extend(r1, c1);
+    }
+  }
+  m.cpad = (g.c_out + L - 1) / L * L;
+  if (!want_kernel) return m;
+  m.kernel.assign(m.value.taps() * m.cpad, T(0));
+  for (int64_t c = 0; c < g.c_out; ++c) {
+    const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
+    for (int64_t k = 0; k < K; ++k) {
+      const AxisTaps<T>& ta = t[2 * k];
+      const AxisTaps<T>& tb = t[2 * k + 1];
+      for (int i = 0; i < ta.count; ++i) {
+        const int dr = ta.first + i;
+        if (ta.value[i] == T(0) || !tap_hits(dr, H)) continue;
+        for (int j = 0; j < tb.count; ++j) {
+          const int dc = tb.first + j;
+          if (tb.value[j] == T(0) || !tap_hits(dc, W)) continue;
+          m.kernel[m.value.index(dr, dc) * m.cpad + c] += w[c * K + k] * (ta.value[i] * tb.value[j]);
+        }
+      }
+    }
+  }
+  return m;
+}
+
+// dst[p] = init + sum over the box's taps t of kern[t] * src[p + S * t], for one block of
+// L channels (src zero outside the plane; kern's taps cpad apart). S = +1 is the forward
+// read, S = -1 its transpose (the input gradient). Pixels go by groups of kGroup; a group
+// skips the tap columns that miss the plane for all of its pixels, and pixels past the
+// row end are scratch (border).
+template <int S, typename T>
+void correlate(const T* src, const Plane& p, const T* kern, const Box& box, int64_t cpad, const T* init, T* dst) {
+  using V = typename Lanes<T>::vec;
+  const int64_t px = p.lanes;
+  const int cols = box.cols();
+  const V start = init ? load_vec<V>(init) : V{};
+  for (int oh = 0; oh < p.H; ++oh) {
+    const int i_lo = S > 0 ? std::max(box.r0, -oh) : std::max(box.r0, oh - p.H + 1);
+    const int i_hi = S > 0 ? std::min(box.r1, p.H - 1 - oh) : std::min(box.r1, oh);
+    for (int ow = 0; ow < p.W; ow += kGroup) {
+      const int last = ow + kGroup - 1;
+      const int j_lo = S > 0 ? std::max(box.c0, -last) : std::max(box.c0, ow - p.W + 1);
+      const int j_hi = S > 0 ? std::min(box.c1, p.W - 1 - ow) : std::min(box.c1, last);
+      V acc[kGroup];
+      for (int q = 0; q < kGroup; ++q) acc[q] = start;
+      for (int i = i_lo; i <= i_hi; ++i) {
+        const T* k = kern + (static_cast<int64_t>(i - box.r0) * cols + (j_lo - box.c0)) * cpad;
+        const T* x = src + p.at(oh + S * i, ow + S * j_lo);
+        for (int j = j_lo; j <= j_hi; ++j, k += cpad, x += S * px) {
+          const V kv = load_vec<V>(k);
+          for (int q = 0; q < kGroup; ++q) acc[q] += kv * load_vec<V>(x + q * px);
+        }
+      }
+      T* out = dst + p.at(oh, ow);
+      for (int q = 0; q < kGroup; ++q) store_vec(out + q * px, acc[q]);
+    }
+  }
+}
+
+// dots[(i, j)] += sum over rows h and pixels w of g[h, w] * x[h + i, w + j], for one block
+// of L channels and J adjacent tap columns j0 .. j0 + J - 1 at once (one accumulator each).
+template <int J, typename T>
+void row_dots(const T* g, const T* x, const Plane& p, int i, int j0, int h_lo, int h_hi, T* dots) {
+  using V = typename Lanes<T>::vec;
+  constexpr int64_t L = Lanes<T>::n;
+  const int64_t px = p.lanes;
+  const int w_lo = std::max(0, -(j0 + J - 1)), w_hi = std::min(p.W, p.W - j0);
+  V acc[J];
+  for (int q = 0; q < J; ++q) acc[q] = V{};
+  for (int h = h_lo; h < h_hi; ++h) {
+    const T* gp = g + p.at(h, w_lo);
+    const T* xp = x + p.at(h + i, w_lo + j0);
+    for (int w = w_lo; w < w_hi; ++w, gp += px, xp += px) {
+      const V gv = load_vec<V>(gp);
+      for (int q = 0; q < J; ++q) acc[q] += gv * load_vec<V>(xp + q * px);
+    }
+  }
+  for (int q = 0; q < J; ++q) store_vec(dots + q * L, load_vec<V>(dots + q * L) + acc[q]);
+}
+
+// dots[t] += sum over pixels p of g[p] * x[p + t] for every tap t of the box, one block of
+// L channels (one vector per tap; x zero outside the plane).
+template <typename T>
+void tap_dots(const T* g, const T* x, const Plane& p, const Box& box, T* dots) {
+  constexpr int64_t L = Lanes<T>::n;
+  for (int i = box.r0; i <= box.r1; ++i) {
+    const int h_lo = std::max(0, -i), h_hi = std::min(p.H, p.H - i);
+    for (int j0 = box.c0; j0 <= box.c1; j0 += kGroup) {
+      T* d = dots + box.index(i, j0) * L;
+      switch (std::min(kGroup, box.c1 - j0 + 1)) {
+        case 1: row_dots<1>(g, x, p, i, j0, h_lo, h_hi, d); break;
+        case 2: row_dots<2>(g, x, p, i, j0, h_lo, h_hi, d); break;
+        case 3: row_dots<3>(g, x, p, i, j0, h_lo, h_hi, d); break;
+        case 4: row_dots<4>(g, x, p, i, j0, h_lo, h_hi, d); break;
+        case 5: row_dots<5>(g, x, p, i, j0, h_lo, h_hi, d); break;
+        case 6: row_dots<6>(g, x, p, i, j0, h_lo, h_hi, d); break;
+        case 7: row_dots<7>(g, x, p, i, j0, h_lo, h_hi, d); break;
+        default: row_dots<kGroup>(g, x, p, i, j0, h_lo, h_hi, d); break;
+      }
+    }
+  }
+}
+
+// The kernels run channels-last: a pixel's band of channels is one run to copy. Other
+// layouts are transposed once by ATen (much faster than strided copies per band).
+at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
+}  // namespace
+
+void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
+
+bool blocks_suit(const Geometry& g) {
+  if (!is_depthwise(g) || g.stride_h != 1 || g.stride_w != 1) return false;
+  const int64_t mode = mode_override.load();
+  if (mode != 0) return mode > 0;
+  return g.height * g.width <= kMaxBlockPlane;
+}
+
+at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, const at::Tensor& positions,
+                          const std::optional<at::Tensor>& bias, const Geometry& g) {
+  const at::Tensor input = channels_last(input_);
+  at::Tensor out = at::empty_like(input);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_blocks_forward_cpu", [&] {
+    using T = scalar_t;
+    constexpr int64_t L = Lanes<T>::n;
+    const auto taps = all_taps<T>(positions);
+    const Merged<T> m = merge(taps, weight.const_data_ptr<T>(), g, L, true);
+    std::vector<T> bias_lanes(bias.has_value() ? m.cpad : 0, T(0));
+    if (bias.has_value()) std::copy_n(bias->const_data_ptr<T>(), g.c_out, bias_lanes.begin());
+    const int64_t C = g.c_out, band = band_channels(g, L), bands = (C + band - 1) / band;
+    const Layout li = layout_of(input), lo = layout_of(out);
+    const T* x = input.const_data_ptr<T>();
+    T* y = out.mutable_data_ptr<T>();
+    at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
+      Plane p{static_cast<int>(g.height), static_cast<int>(g.width), band};
+      std::vector<T> xb(p.size(), T(0)), yb(p.size());
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / bands, c0 = (item % bands) * band, nl = std::min(band, C - c0);
+        p.lanes = (nl + L - 1) / L * L;
+        block_in(x + n * li.n + c0, li, p, nl, xb.data());
+        for (int64_t b = 0; b < p.lanes; b += L) {
+          correlate<1>(xb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
+                       bias_lanes.empty() ? nullptr : bias_lanes.data() + c0 + b, yb.data() + b);
+        }
+        block_out(yb.data(), p, nl, lo, y + n * lo.n + c0);
+      }
+    });
+  });
+  return in_format_of(out, input_);
+}
+
+std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, const at::Tensor& input_,
+                                                   const at::Tensor& weight, const at::Tensor& positions,
+                                                   const Geometry& g, bool need_x, bool need_sums) {
+  const at::Tensor grad_out = channels_last(grad_out_);
+  const at::Tensor input = need_sums ? channels_last(input_) : input_;
+  at::Tensor gx = need_x ? at::empty_like(grad_out) : at::Tensor();
+  const int64_t C = g.c_out, K = g.synapses;
+  at::Tensor sums = need_sums ? at::zeros({C, K, 3}, input.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_blocks_backward_cpu", [&] {
+    using T = scalar_t;
+    constexpr int64_t L = Lanes<T>::n;
+    const auto taps = all_taps<T>(positions);
+    const T* w = weight.const_data_ptr<T>();
+    const Merged<T> m = merge(taps, w, g, L, need_x);
+    const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+    const int64_t band = band_channels(g, L), bands = (C + band - 1) / band;
+    const int64_t n_taps = need_sums ? m.slope.taps() : 0;
+    const int64_t per_range = (g.batch + kSampleRanges - 1) / kSampleRanges;
+    const int64_t ranges = (g.batch + per_range - 1) / per_range;
+    // (range, tap, channel): each range's dots, added over ranges in order below.
+    std::vector<T> dots(static_cast<size_t>(ranges * n_taps * m.cpad));
+    const Layout lg = layout_of(grad_out), li = need_sums ? layout_of(input) : lg;
+    const Layout lx = need_x ? layout_of(gx) : li;
+    const T* x = input.const_data_ptr<T>();
+    const T* go = grad_out.const_data_ptr<T>();
+    T* gxp = need_x ? gx.mutable_data_ptr<T>() : nullptr;
+    at::parallel_for(0, bands * ranges, 1, [&](int64_t begin, int64_t end) {
+      Plane p{H, W, band};
+      std::vector<T> xb(p.size(), T(0)), gb(p.size(), T(0)), gxb(p.size()), acc(band * n_taps);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t c0 = (item / ranges) * band, r = item % ranges, nl = std::min(band, C - c0);
+        p.lanes = (nl + L - 1) / L * L;
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t n = r * per_range; n < std::min(g.batch, (r + 1) * per_range); ++n) {
+          block_in(go + n * lg.n + c0, lg, p, nl, gb.data());
+          if (need_sums) block_in(x + n * li.n + c0, li, p, nl, xb.data());
+          for (int64_t b = 0; b < p.lanes; b += L) {
+            if (need_x) {
+              correlate<-1>(gb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
+                            static_cast<const T*>(nullptr), gxb.data() + b);
+            }
+            if (need_sums) tap_dots(gb.data() + b, xb.data() + b, p, m.slope, acc.data() + b * n_taps);
+          }
+          if (need_x) block_out(gxb.data(), p, nl, lx, gxp + n * lx.n + c0);
+        }
+        for (int64_t b = 0; b < p.lanes; b += L) {
+          const int64_t valid = std::min(L, nl - b);
+          for (int64_t t = 0; t < n_taps; ++t) {
+            std::copy_n(acc.data() + b * n_taps + t * L, valid, dots.data() + (r * n_taps + t) * m.cpad + c0 + b);
+          }
+        }
+      }
+    });
+    if (!need_sums) return;
+    // Each channel's synapse sums from its dots, ranges added in order.
+    T* s = sums.mutable_data_ptr<T>();
+    const int64_t per_set = C / g.sets;
+    at::parallel_for(0, C, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        for_each_tap(&taps[2 * (c / per_set) * K], K, H, W, [&](int64_t k, int dr, int dc, T cv, T ca, T cb) {
+          const int64_t t = m.slope.index(dr, dc);
+          T d = T(0);
+          for (int64_t r = 0; r < ranges; ++r) d += dots[(r * n_taps + t) * m.cpad + c];
+          T* out = s + (c * K + k) * 3;
+          out[0] += cv * d;
+          out[1] += w[c * K + k] * ca * d;
+          out[2] += w[c * K + k] * cb * d;
+        });
+      }
+    });
+  });
+  return {need_x ? in_format_of(gx, input_) : gx, sums};
+}
+
+}  // namespace acu
+
+// Test hook: force the channel-block kernels on or off, so tests cover both on any plane.
+TORCH_LIBRARY_FRAGMENT(acuzoo, m) { m.def("_set_cpu_depthwise_blocks(int mode) -> ()", &acu::set_blocks_mode); }

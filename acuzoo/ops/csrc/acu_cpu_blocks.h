@@ -1,0 +1,32 @@
+// Depthwise ACU on the CPU by channel blocks (stride 1, small planes): each channel's
+// synapses merged into its dense kernel (Theorem 2) and run as a depthwise correlation
+// whose vector lanes are channels. See acu_cpu_blocks.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+#include "acu_driver.h"
+
+namespace acu {
+
+// Whether the channel-block kernels serve this depthwise layer (stride 1; small planes,
+// unless a test forces them).
+bool blocks_suit(const Geometry& g);
+
+// Input in any memory format; the output takes the input's.
+at::Tensor blocks_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                          const std::optional<at::Tensor>& bias, const Geometry& g);
+
+// (grad_input or undefined, sums (C, K, 3) of (d/dw, w * d/dalpha, w * d/dbeta) or
+// undefined): the contract of the depthwise backward in acu_driver.h.
+std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                                                   const at::Tensor& weight, const at::Tensor& positions,
+                                                   const Geometry& g, bool need_x, bool need_sums);
+
+// Test hook: 1 always (at stride 1), -1 never, 0 by plane size.
+void set_blocks_mode(int64_t mode);
+
+}  // namespace acu
