@@ -346,9 +346,9 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
 struct CpuBackend {
   // Grouped/shared layers run by cache-sized tiles where they suit (acu_cpu_tiles.cpp).
   static constexpr bool kTiles = true;
-  // Stride-1 depthwise layers on small planes run by channel blocks (acu_cpu_blocks.cpp).
+  // Stride-1 depthwise layers with compact synapse sets run by channel blocks (acu_cpu_blocks.cpp).
   static constexpr bool kBlocks = true;
-  static bool blocks_suit(const Geometry& g) { return acu::blocks_suit(g); }
+  static bool blocks_suit(const Geometry& g, const at::Tensor& positions) { return acu::blocks_suit(g, positions); }
   static at::Tensor blocks_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                    const std::optional<at::Tensor>& bias, const Geometry& g) {
     return acu::blocks_forward(input, weight, positions, bias, g);

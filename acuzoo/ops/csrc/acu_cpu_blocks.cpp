@@ -29,8 +29,9 @@ namespace acu {
 namespace {
 
 std::atomic<int64_t> mode_override{0};
-// Planes up to this many pixels go by channel blocks: bench/ops.py (bench/RESULTS.md).
-constexpr int64_t kMaxBlockPlane = 28 * 28;
+// Layers whose merged kernel reads at most this many taps per pixel (on average over the
+// plane) go by channel blocks: see blocks_suit.
+constexpr double kMaxTapsPerPixel = 64;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
 constexpr int64_t kSampleRanges = 8;
 // A band's buffer (one sample, borders included) holds about this many elements: the
@@ -139,12 +140,12 @@ bool axis_span(const AxisTaps<T>& a, int size, bool values_only, int& lo, int& h
   return lo <= hi;
 }
 
+// The value and slope boxes of every synapse of every set.
 template <typename T>
-Merged<T> merge(const std::vector<AxisTaps<T>>& taps, const T* w, const Geometry& g, int64_t L, bool want_kernel) {
+Merged<T> merged_boxes(const std::vector<AxisTaps<T>>& taps, const Geometry& g) {
   const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
-  const int64_t K = g.synapses, per_set = g.c_out / g.sets;
   Merged<T> m;
-  for (int64_t k = 0; k < g.sets * K; ++k) {
+  for (int64_t k = 0; k < g.sets * g.synapses; ++k) {
     int r0, r1, c0, c1;
     for (const bool values : {true, false}) {
       if (!axis_span(taps[2 * k], H, values, r0, r1) || !axis_span(taps[2 * k + 1], W, values, c0, c1)) continue;
@@ -153,6 +154,14 @@ Merged<T> merge(const std::vector<AxisTaps<T>>& taps, const T* w, const Geometry
       box.extend(r1, c1);
     }
   }
+  return m;
+}
+
+template <typename T>
+Merged<T> merge(const std::vector<AxisTaps<T>>& taps, const T* w, const Geometry& g, int64_t L, bool want_kernel) {
+  const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+  const int64_t K = g.synapses, per_set = g.c_out / g.sets;
+  Merged<T> m = merged_boxes(taps, g);
   m.cpad = (g.c_out + L - 1) / L * L;
   if (!want_kernel) return m;
   m.kernel.assign(m.value.taps() * m.cpad, T(0));
@@ -261,11 +270,26 @@ at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFo
 
 void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
 
-bool blocks_suit(const Geometry& g) {
+bool blocks_suit(const Geometry& g, const at::Tensor& positions) {
   if (!is_depthwise(g) || g.stride_h != 1 || g.stride_w != 1) return false;
   const int64_t mode = mode_override.load();
   if (mode != 0) return mode > 0;
-  return g.height * g.width <= kMaxBlockPlane;
+  // The merged kernel costs its whole box at every pixel (less the rows and columns that
+  // fall off the plane); the plane kernels cost each synapse's own taps, on planes padded
+  // by the box. bench/ops.py: blocks win up to ~64 taps per pixel (every MobileNetV2
+  // plane at init and +-1.5, the 7x7 and 14x14 planes at +-3), planes beyond.
+  bool fits = false;
+  AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "acu_blocks_suit", [&] {
+    const auto taps = all_taps<scalar_t>(positions);
+    const Box box = merged_boxes(taps, g).value;
+    auto on_plane = [](int lo, int hi, int64_t size) {
+      double sum = 0;
+      for (int d = lo; d <= hi; ++d) sum += std::max<int64_t>(0, size - std::abs(d));
+      return sum / static_cast<double>(size);
+    };
+    fits = on_plane(box.r0, box.r1, g.height) * on_plane(box.c0, box.c1, g.width) <= kMaxTapsPerPixel;
+  });
+  return fits;
 }
 
 at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, const at::Tensor& positions,
@@ -284,13 +308,13 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
     const T* x = input.const_data_ptr<T>();
     T* y = out.mutable_data_ptr<T>();
     at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
-      Plane p{static_cast<int>(g.height), static_cast<int>(g.width), band};
+      const Plane p{static_cast<int>(g.height), static_cast<int>(g.width), band};
       std::vector<T> xb(p.size(), T(0)), yb(p.size());
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / bands, c0 = (item % bands) * band, nl = std::min(band, C - c0);
-        p.lanes = (nl + L - 1) / L * L;
+        const int64_t active = (nl + L - 1) / L * L;  // lanes past nl are zero
         block_in(x + n * li.n + c0, li, p, nl, xb.data());
-        for (int64_t b = 0; b < p.lanes; b += L) {
+        for (int64_t b = 0; b < active; b += L) {
           correlate<1>(xb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
                        bias_lanes.empty() ? nullptr : bias_lanes.data() + c0 + b, yb.data() + b);
         }
@@ -328,16 +352,16 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const T* go = grad_out.const_data_ptr<T>();
     T* gxp = need_x ? gx.mutable_data_ptr<T>() : nullptr;
     at::parallel_for(0, bands * ranges, 1, [&](int64_t begin, int64_t end) {
-      Plane p{H, W, band};
+      const Plane p{H, W, band};
       std::vector<T> xb(p.size(), T(0)), gb(p.size(), T(0)), gxb(p.size()), acc(band * n_taps);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t c0 = (item / ranges) * band, r = item % ranges, nl = std::min(band, C - c0);
-        p.lanes = (nl + L - 1) / L * L;
+        const int64_t active = (nl + L - 1) / L * L;  // lanes past nl are zero
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t n = r * per_range; n < std::min(g.batch, (r + 1) * per_range); ++n) {
           block_in(go + n * lg.n + c0, lg, p, nl, gb.data());
           if (need_sums) block_in(x + n * li.n + c0, li, p, nl, xb.data());
-          for (int64_t b = 0; b < p.lanes; b += L) {
+          for (int64_t b = 0; b < active; b += L) {
             if (need_x) {
               correlate<-1>(gb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
                             static_cast<const T*>(nullptr), gxb.data() + b);
@@ -346,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
           }
           if (need_x) block_out(gxb.data(), p, nl, lx, gxp + n * lx.n + c0);
         }
-        for (int64_t b = 0; b < p.lanes; b += L) {
+        for (int64_t b = 0; b < active; b += L) {
           const int64_t valid = std::min(L, nl - b);
           for (int64_t t = 0; t < n_taps; ++t) {
             std::copy_n(acc.data() + b * n_taps + t * L, valid, dots.data() + (r * n_taps + t) * m.cpad + c0 + b);

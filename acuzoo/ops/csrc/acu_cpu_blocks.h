@@ -1,4 +1,4 @@
-// Depthwise ACU on the CPU by channel blocks (stride 1, small planes): each channel's
+// Depthwise ACU on the CPU by channel blocks (stride 1, compact synapse sets): each channel's
 // synapses merged into its dense kernel (Theorem 2) and run as a depthwise correlation
 // whose vector lanes are channels. See acu_cpu_blocks.cpp.
 #pragma once
@@ -12,9 +12,9 @@
 
 namespace acu {
 
-// Whether the channel-block kernels serve this depthwise layer (stride 1; small planes,
-// unless a test forces them).
-bool blocks_suit(const Geometry& g);
+// Whether the channel-block kernels serve this depthwise layer: stride 1, and (unless a
+// test forces them) a merged kernel small enough on this plane.
+bool blocks_suit(const Geometry& g, const at::Tensor& positions);
 
 // Input in any memory format; the output takes the input's.
 at::Tensor blocks_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
@@ -26,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out, c
                                                    const at::Tensor& weight, const at::Tensor& positions,
                                                    const Geometry& g, bool need_x, bool need_sums);
 
-// Test hook: 1 always (at stride 1), -1 never, 0 by plane size.
+// Test hook: 1 always (at stride 1), -1 never, 0 by the cost rule of blocks_suit.
 void set_blocks_mode(int64_t mode);
 
 }  // namespace acu

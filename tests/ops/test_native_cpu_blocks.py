@@ -1,0 +1,161 @@
+"""The depthwise CPU kernels at stride 1: channel blocks (merged dense kernel, channels as
+vector lanes) and the plane kernels they replace where the merged kernel is small.
+
+``acuzoo::_set_cpu_depthwise_blocks`` forces one or the other (1 blocks, -1 planes, 0 the
+cost rule), so both are held to the reference on every shape here.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+
+from acuzoo.ops import active_conv2d, native
+from acuzoo.ops.reference import reference_active_conv2d
+
+from .test_native_cpu import TOL, grads, make_args, max_err
+
+# (n, c_in, c_out, h, w, groups, sets, stride), all depthwise at stride 1.
+DEPTHWISE = {
+    "per_channel": (2, 6, 6, 7, 8, 6, 6, 1),
+    "shared_P1": (1, 4, 4, 6, 5, 4, 1, 1),
+    "P2": (2, 4, 4, 5, 6, 4, 2, 1),
+    "tail_block": (3, 21, 21, 9, 4, 21, 21, 1),  # 21 channels: one full block and a tail
+    "one_pixel": (2, 5, 5, 1, 1, 5, 5, 1),
+    "single_row": (1, 3, 3, 1, 19, 3, 3, 1),
+    "wide_plane": (1, 3, 3, 17, 30, 3, 3, 1),  # several pixel groups per row
+}
+SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
+MODES = {"blocks": 1, "planes": -1}
+
+
+def set_mode(mode: int) -> None:
+    torch.ops.acuzoo._set_cpu_depthwise_blocks(mode)
+
+
+@pytest.fixture(params=MODES.values(), ids=MODES.keys())
+def mode(request, ext):
+    set_mode(request.param)
+    yield request.param
+    set_mode(0)
+
+
+@pytest.fixture
+def forced_blocks(ext):
+    set_mode(1)
+    yield
+    set_mode(0)
+
+
+@pytest.mark.parametrize("spread", SPREADS.values(), ids=SPREADS.keys())
+@pytest.mark.parametrize("case", DEPTHWISE.values(), ids=DEPTHWISE.keys())
+def test_both_depthwise_kernels_equal_reference(mode, case, spread):
+    args = make_args(case, spread)
+    out, got = grads(native.native_active_conv2d, *args)
+    ref, want = grads(reference_active_conv2d, *args)
+    assert max_err(out, ref) < TOL
+    for name, a, b in zip(("input", "weight", "positions", "bias"), got, want):
+        assert max_err(a, b) < TOL, name
+
+
+@pytest.mark.parametrize("spread", [None, 1.5], ids=["grid", "1.5"])
+def test_blocks_split_wide_layers_into_bands_of_channels(forced_blocks, spread):
+    # 600 channels are wider than one band, and the last band ends in a partial block.
+    # Judge: the dense path (Theorem 2), itself held to the reference in
+    # test_paths_match_reference.py; the reference is too slow at this width.
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x, *rest = make_args((2, 600, 600, 3, 5, 600, 600, 1), spread)
+        x = x.contiguous(memory_format=fmt)
+        out, got = grads(native.native_active_conv2d, x, *rest)
+        ref, want = grads(partial(active_conv2d, path="dense"), x, *rest)
+        assert max_err(out, ref) < TOL
+        assert all(max_err(a, b) < TOL for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("case", DEPTHWISE.values(), ids=DEPTHWISE.keys())
+def test_blocks_read_and_write_either_memory_format(forced_blocks, case):
+    x, *rest = make_args(case, 1.5)
+    ref, want = grads(reference_active_conv2d, x, *rest)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        out, got = grads(native.native_active_conv2d, xf, *rest)
+        assert out.is_contiguous(memory_format=fmt)
+        assert got[0].is_contiguous(memory_format=fmt)
+        assert max_err(out, ref) < TOL
+        assert all(max_err(a, b) < TOL for a, b in zip(got, want))
+
+
+def test_blocks_read_non_contiguous_input(forced_blocks):
+    x, *rest = make_args((2, 6, 6, 7, 16, 6, 6, 1), 1.5)
+    strided = x[..., ::2]
+    out = native.native_active_conv2d(strided, *rest)
+    assert max_err(out, reference_active_conv2d(strided.contiguous(), *rest)) < TOL
+
+
+def test_blocks_gradcheck_away_from_integers(forced_blocks):
+    x, weight, positions, b, stride, groups = make_args((1, 3, 3, 5, 4, 3, 3, 1), 1.3)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, weight, positions, b)]
+    assert torch.autograd.gradcheck(lambda *a: native.native_active_conv2d(*a, stride, groups), leaves)
+
+
+def test_blocks_float32_close_to_float64(forced_blocks):
+    case = (4, 40, 40, 14, 14, 40, 40, 1)
+    args = make_args(case, 1.5)
+    out64, g64 = grads(native.native_active_conv2d, *args)
+    args32 = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+    out32, g32 = grads(native.native_active_conv2d, *args32)
+    assert out32.dtype == torch.float32
+    assert max_err(out32.double(), out64) < 1e-4
+    for a, b in zip(g32, g64):
+        assert max_err(a.double(), b) / b.abs().max().item() < 1e-5
+
+
+def test_blocks_gradients_are_bitwise_the_same_whatever_the_thread_count(forced_blocks):
+    # Sums run over fixed sample ranges of each band, not over threads.
+    args = make_args((11, 48, 48, 9, 10, 48, 48, 1), 1.5, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = grads(native.native_active_conv2d, *args)[1]
+        torch.set_num_threads(2)
+        two = grads(native.native_active_conv2d, *args)[1]
+        again = grads(native.native_active_conv2d, *args)[1]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    assert all(torch.equal(a, b) for a, b in zip(two, again))
+
+
+def _run(mode: int, args):
+    set_mode(mode)
+    try:
+        return grads(native.native_active_conv2d, *args)
+    finally:
+        set_mode(0)
+
+
+@pytest.mark.parametrize(
+    ("spread", "expected"),
+    [(None, 1), (1.5, 1), (3.5, -1)],
+    ids=["grid_blocks", "1.5_blocks", "3.5_planes"],
+)
+def test_cost_rule_takes_blocks_for_compact_kernels_and_planes_for_wide_ones(ext, spread, expected):
+    # 28x28 planes: a 5x5 or 7x7 merged box costs fewer taps per pixel than the synapses'
+    # own taps on padded planes; a 9x9 box (+-3.5) does not.
+    args = make_args((2, 16, 16, 28, 28, 16, 16, 1), spread, dtype=torch.float32)
+    if spread is not None:
+        args[2].copy_(args[2] + torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)]))
+    auto = _run(0, args)
+    chosen, other = _run(expected, args), _run(-expected, args)
+    flat = [auto[0], *auto[1]]
+    assert all(torch.equal(a, b) for a, b in zip(flat, [chosen[0], *chosen[1]]))
+    # The two kernels round differently, so the comparison above tells them apart.
+    assert not all(torch.equal(a, b) for a, b in zip(flat, [other[0], *other[1]]))
+
+
+def test_strided_layers_keep_the_plane_kernels(ext):
+    args = make_args((2, 6, 6, 9, 8, 6, 6, 2), 1.5, dtype=torch.float32)
+    forced, planes = _run(1, args), _run(-1, args)
+    assert all(torch.equal(a, b) for a, b in zip([forced[0], *forced[1]], [planes[0], *planes[1]]))
