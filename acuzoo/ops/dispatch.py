@@ -50,7 +50,7 @@ def choose_path(
 
     ``native`` says whether the native kernels serve ``x``'s device and dtype (None: find out).
     On CUDA the native kernels always win (direct interpolation, no dense box). On the CPU they
-    win for depthwise layers except on small planes with a box up to 5x5; elsewhere a cost
+    win for depthwise layers except on small strided planes with a box up to 5x5; elsewhere a cost
     model compares the dense box with the columns.
     """
     if native is None:
@@ -64,12 +64,14 @@ def choose_path(
     box = (2 * ra + 1) * (2 * rb + 1)
     if native and depthwise:
         # bench/ops.py (bench/RESULTS.md): on MobileNetV2's planes at 224 px (7x7 and up, B=32)
-        # the native kernels beat the dense path at every spread (forward+backward 1.6-7x the
-        # channels_last 3x3 conv, against 2.5-11x). Below 7x7 (MobileNetV2 at 32 px) the dense
+        # the native kernels beat the dense path at every spread (forward+backward 1-3.5x the
+        # channels_last 3x3 conv, against 2.4-12x). At stride 1 they also win on the small
+        # planes of MobileNetV2 at 28-32 px (channel blocks; 1x1 to 14x14, B=128: 2-20x faster
+        # than the dense path). Small strided planes go by planes of padding, where the dense
         # kernel's conv won up to a 5x5 box (a whole training step 1.8x faster).
         out_pixels = ((x.shape[-2] - 1) // stride[0] + 1) * ((x.shape[-1] - 1) // stride[1] + 1)
-        small = out_pixels < _NATIVE_DEPTHWISE_MIN_PIXELS
-        return "dense" if small and box <= _DENSE_DEPTHWISE_MAX_BOX else "native"
+        small_strided = out_pixels < _NATIVE_DEPTHWISE_MIN_PIXELS and stride != (1, 1)
+        return "dense" if small_strided and box <= _DENSE_DEPTHWISE_MAX_BOX else "native"
     dense_cost = c_out * c_per_group * box
     if native:
         tiled = c_per_group >= _NATIVE_TILES_MIN_CHANNELS

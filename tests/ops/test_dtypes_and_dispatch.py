@@ -56,12 +56,19 @@ def test_auto_prefers_native_kernels_for_depthwise_layers_on_large_planes_when_b
     assert choose_path(x, w, grid.expand(64, 9, 2), 64, native=True) == "native"
 
 
-def test_auto_keeps_dense_for_small_depthwise_planes_until_the_box_outgrows_5x5():
+def test_auto_keeps_dense_for_small_strided_depthwise_planes_until_the_box_outgrows_5x5():
+    x = torch.randn(2, 64, 8, 8)
+    w = torch.randn(64, 1, 9)
+    pos = (torch.rand(64, 9, 2) * 2 - 1) * 1.9
+    assert choose_path(x, w, pos, 64, native=True, stride=(2, 2)) == "dense"
+    pos[0, 0] = torch.tensor([2.5, -2.5])
+    assert choose_path(x, w, pos, 64, native=True, stride=(2, 2)) == "native"
+
+
+def test_auto_takes_native_channel_blocks_for_small_depthwise_planes_at_stride_1():
     x = torch.randn(2, 64, 4, 4)
     w = torch.randn(64, 1, 9)
     pos = (torch.rand(64, 9, 2) * 2 - 1) * 1.9
-    assert choose_path(x, w, pos, 64, native=True) == "dense"
-    pos[0, 0] = torch.tensor([2.5, -2.5])
     assert choose_path(x, w, pos, 64, native=True) == "native"
 
 

@@ -30,8 +30,9 @@ namespace {
 
 std::atomic<int64_t> mode_override{0};
 // Layers whose merged kernel reads at most this many taps per pixel (on average over the
-// plane) go by channel blocks: see blocks_suit.
+// plane), on planes of at most kMaxPlane pixels, go by channel blocks: see blocks_suit.
 constexpr double kMaxTapsPerPixel = 64;
+constexpr int64_t kMaxPlane = 28 * 28;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
 constexpr int64_t kSampleRanges = 8;
 // A band's buffer (one sample, borders included) holds about this many elements: the
@@ -275,9 +276,10 @@ bool blocks_suit(const Geometry& g, const at::Tensor& positions) {
   const int64_t mode = mode_override.load();
   if (mode != 0) return mode > 0;
   // The merged kernel costs its whole box at every pixel (less the rows and columns that
-  // fall off the plane); the plane kernels cost each synapse's own taps, on planes padded
-  // by the box. bench/ops.py: blocks win up to ~64 taps per pixel (every MobileNetV2
-  // plane at init and +-1.5, the 7x7 and 14x14 planes at +-3), planes beyond.
+  // fall off the plane); the plane kernels cost each synapse's own taps on planes padded
+  // by the box, and run long rows well. bench/ops.py (bench/RESULTS.md): blocks win on
+  // MobileNetV2's 7x7 to 28x28 planes up to ~64 taps per pixel and lose on 56x56 (2x).
+  if (g.height * g.width > kMaxPlane) return false;
   bool fits = false;
   AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "acu_blocks_suit", [&] {
     const auto taps = all_taps<scalar_t>(positions);
