@@ -9,9 +9,7 @@ PyTorch's depthwise 3x3 conv, in NCHW and channels_last. Medians in ms; not a te
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -21,19 +19,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from acuzoo.nn.active_conv import grid_positions  # noqa: E402
 from acuzoo.ops import native  # noqa: E402
+from bench.ops import median_ms  # noqa: E402
 
 MODES = {"blocks": 1, "planes": -1}
-
-
-def median_ms(fn, reps: int = 15) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def conv_fwd_bwd(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> None:

@@ -64,6 +64,15 @@ def max_err(a, b):
     return (a - b).abs().max().item()
 
 
+def assert_native_equals_reference(args):
+    """The native op's output and its four gradients within TOL of the reference's."""
+    out, got = grads(native.native_active_conv2d, *args)
+    ref, want = grads(reference_active_conv2d, *args)
+    assert max_err(out, ref) < TOL
+    for name, a, b in zip(("input", "weight", "positions", "bias"), got, want):
+        assert max_err(a, b) < TOL, name
+
+
 @pytest.mark.parametrize("spread", SPREADS.values(), ids=SPREADS.keys())
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_forward_equals_reference(ext, case, spread):

@@ -15,7 +15,7 @@ import torch
 from acuzoo.ops import active_conv2d, native
 from acuzoo.ops.reference import reference_active_conv2d
 
-from .test_native_cpu import TOL, grads, make_args, max_err
+from .test_native_cpu import TOL, assert_native_equals_reference, grads, make_args, max_err
 
 # (n, c_in, c_out, h, w, groups, sets, stride), all depthwise at stride 1.
 DEPTHWISE = {
@@ -52,12 +52,7 @@ def forced_blocks(ext):
 @pytest.mark.parametrize("spread", SPREADS.values(), ids=SPREADS.keys())
 @pytest.mark.parametrize("case", DEPTHWISE.values(), ids=DEPTHWISE.keys())
 def test_both_depthwise_kernels_equal_reference(mode, case, spread):
-    args = make_args(case, spread)
-    out, got = grads(native.native_active_conv2d, *args)
-    ref, want = grads(reference_active_conv2d, *args)
-    assert max_err(out, ref) < TOL
-    for name, a, b in zip(("input", "weight", "positions", "bias"), got, want):
-        assert max_err(a, b) < TOL, name
+    assert_native_equals_reference(make_args(case, spread))
 
 
 @pytest.mark.parametrize("spread", [None, 1.5], ids=["grid", "1.5"])

@@ -14,7 +14,7 @@ import torch
 from acuzoo.ops import native
 from acuzoo.ops.reference import reference_active_conv2d
 
-from .test_native_cpu import CASES, TOL, grads, make_args, max_err
+from .test_native_cpu import CASES, TOL, assert_native_equals_reference, grads, make_args, max_err
 
 GROUPED = {name: case for name, case in CASES.items() if not name.startswith("depthwise")}
 # (tile columns budget, mode): default size forced on; one output row per tile; forced off.
@@ -38,12 +38,7 @@ def forced_tiles(ext):
 @pytest.mark.parametrize("spread", [None, 1.5, 12.0], ids=["grid", "1.5", "far"])
 @pytest.mark.parametrize("case", GROUPED.values(), ids=GROUPED.keys())
 def test_tiles_equal_reference(tiling, case, spread):
-    args = make_args(case, spread)
-    out, got = grads(native.native_active_conv2d, *args)
-    ref, want = grads(reference_active_conv2d, *args)
-    assert max_err(out, ref) < TOL
-    for name, a, b in zip(("input", "weight", "positions", "bias"), got, want):
-        assert max_err(a, b) < TOL, name
+    assert_native_equals_reference(make_args(case, spread))
 
 
 @pytest.mark.parametrize("case", GROUPED.values(), ids=GROUPED.keys())
@@ -90,11 +85,7 @@ def test_tiles_give_the_same_gradients_whatever_the_thread_count(forced_tiles):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_stacks_of_samples_equal_reference(ext, batch, stride):
     # 32x32 planes stack four samples per loop: batches of 5 and 6 end in partial stacks.
-    args = make_args((batch, 4, 4, 32, 31, 4, 4, stride), 2.5)
-    out, got = grads(native.native_active_conv2d, *args)
-    ref, want = grads(reference_active_conv2d, *args)
-    assert max_err(out, ref) < TOL
-    assert all(max_err(a, b) < TOL for a, b in zip(got, want))
+    assert_native_equals_reference(make_args((batch, 4, 4, 32, 31, 4, 4, stride), 2.5))
 
 
 @pytest.mark.parametrize(

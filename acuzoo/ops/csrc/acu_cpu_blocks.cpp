@@ -57,16 +57,6 @@ struct Box {
   }
 };
 
-// Where a channels-last tensor keeps sample n, pixel (h, w): strides in elements.
-struct Layout {
-  int64_t n, h, w;
-};
-
-Layout layout_of(const at::Tensor& t) {
-  TORCH_CHECK(t.stride(1) == 1 || t.size(1) == 1, "acuzoo: channel-block kernels need channels-last tensors");
-  return {t.stride(0), t.stride(2), t.stride(3)};
-}
-
 // Output pixels computed together (one accumulator each): a tap's kernel vector is loaded
 // once per group and eight multiply-adds are in flight.
 constexpr int kGroup = 8;
@@ -95,8 +85,10 @@ int64_t band_channels(const Geometry& g, int64_t L) {
   return ((cpad + bands - 1) / bands + L - 1) / L * L;
 }
 
+// Copies in and out of channels-last tensors: a pixel's channels are one run (s.c is 1,
+// or the tensor has a single channel).
 template <typename T>
-void block_in(const T* src, const Layout& s, const Plane& p, int64_t nl, T* dst) {
+void block_in(const T* src, const Strides& s, const Plane& p, int64_t nl, T* dst) {
   for (int h = 0; h < p.H; ++h) {
     for (int w = 0; w < p.W; ++w) {
       const T* from = src + h * s.h + w * s.w;
@@ -108,7 +100,7 @@ void block_in(const T* src, const Layout& s, const Plane& p, int64_t nl, T* dst)
 }
 
 template <typename T>
-void block_out(const T* src, const Plane& p, int64_t nl, const Layout& s, T* dst) {
+void block_out(const T* src, const Plane& p, int64_t nl, const Strides& s, T* dst) {
   for (int h = 0; h < p.H; ++h) {
     for (int w = 0; w < p.W; ++w) {
       const T* from = src + p.at(h, w);
@@ -306,7 +298,7 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
     std::vector<T> bias_lanes(bias.has_value() ? m.cpad : 0, T(0));
     if (bias.has_value()) std::copy_n(bias->const_data_ptr<T>(), g.c_out, bias_lanes.begin());
     const int64_t C = g.c_out, band = band_channels(g, L), bands = (C + band - 1) / band;
-    const Layout li = layout_of(input), lo = layout_of(out);
+    const Strides li = sample_strides(input), lo = sample_strides(out);
     const T* x = input.const_data_ptr<T>();
     T* y = out.mutable_data_ptr<T>();
     at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
@@ -315,12 +307,12 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / bands, c0 = (item % bands) * band, nl = std::min(band, C - c0);
         const int64_t active = (nl + L - 1) / L * L;  // lanes past nl are zero
-        block_in(x + n * li.n + c0, li, p, nl, xb.data());
+        block_in(x + n * input.stride(0) + c0, li, p, nl, xb.data());
         for (int64_t b = 0; b < active; b += L) {
           correlate<1>(xb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
                        bias_lanes.empty() ? nullptr : bias_lanes.data() + c0 + b, yb.data() + b);
         }
-        block_out(yb.data(), p, nl, lo, y + n * lo.n + c0);
+        block_out(yb.data(), p, nl, lo, y + n * out.stride(0) + c0);
       }
     });
   });
@@ -348,8 +340,8 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const int64_t ranges = (g.batch + per_range - 1) / per_range;
     // (range, tap, channel): each range's dots, added over ranges in order below.
     std::vector<T> dots(static_cast<size_t>(ranges * n_taps * m.cpad));
-    const Layout lg = layout_of(grad_out), li = need_sums ? layout_of(input) : lg;
-    const Layout lx = need_x ? layout_of(gx) : li;
+    const Strides lg = sample_strides(grad_out), li = sample_strides(input);
+    const Strides lx = need_x ? sample_strides(gx) : lg;
     const T* x = input.const_data_ptr<T>();
     const T* go = grad_out.const_data_ptr<T>();
     T* gxp = need_x ? gx.mutable_data_ptr<T>() : nullptr;
@@ -361,8 +353,8 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
         const int64_t active = (nl + L - 1) / L * L;  // lanes past nl are zero
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t n = r * per_range; n < std::min(g.batch, (r + 1) * per_range); ++n) {
-          block_in(go + n * lg.n + c0, lg, p, nl, gb.data());
-          if (need_sums) block_in(x + n * li.n + c0, li, p, nl, xb.data());
+          block_in(go + n * grad_out.stride(0) + c0, lg, p, nl, gb.data());
+          if (need_sums) block_in(x + n * input.stride(0) + c0, li, p, nl, xb.data());
           for (int64_t b = 0; b < active; b += L) {
             if (need_x) {
               correlate<-1>(gb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
@@ -370,7 +362,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
             }
             if (need_sums) tap_dots(gb.data() + b, xb.data() + b, p, m.slope, acc.data() + b * n_taps);
           }
-          if (need_x) block_out(gxb.data(), p, nl, lx, gxp + n * lx.n + c0);
+          if (need_x) block_out(gxb.data(), p, nl, lx, gxp + n * gx.stride(0) + c0);
         }
         for (int64_t b = 0; b < active; b += L) {
           const int64_t valid = std::min(L, nl - b);

@@ -1,6 +1,7 @@
-// CPU helpers shared by the depthwise kernels (acu_cpu.cpp, acu_cpu_blocks.cpp): the
-// axis taps of every synapse, the walk over a channel's taps, and 64-byte vectors that
-// GCC lowers to AVX-512 (or to pairs/quads of narrower registers elsewhere).
+// CPU helpers shared by the kernels of acu_cpu.cpp, acu_cpu_blocks.cpp and
+// acu_cpu_tiles.cpp: the axis taps of every synapse, the walk over a channel's taps,
+// 64-byte vectors that GCC lowers to AVX-512 (or to pairs/quads of narrower registers
+// elsewhere), and a sample's strides.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,6 +30,13 @@ template <typename V, typename T>
 inline void store_vec(T* p, const V& v) {
   __builtin_memcpy(p, &v, sizeof(V));
 }
+
+// Where (one sample of) a 4-D tensor keeps channel ch of pixel (r, c): strides in elements.
+struct Strides {
+  int64_t c, h, w;
+};
+
+inline Strides sample_strides(const at::Tensor& t) { return {t.stride(1), t.stride(2), t.stride(3)}; }
 
 // A tap at displacement d touches the plane for some output (stride 1) only if |d| < size.
 inline bool tap_hits(int d, int size) { return d > -size && d < size; }

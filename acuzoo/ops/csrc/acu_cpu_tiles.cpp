@@ -19,6 +19,7 @@
 #include <atomic>
 #include <vector>
 
+#include "acu_cpu_taps.h"
 #include "acu_math.h"
 
 namespace acu {
@@ -51,11 +52,6 @@ Tiling tiling(const Geometry& g) {
 int64_t backward_blocks(const Geometry& g) {
   return std::min<int64_t>(g.batch, std::max<int64_t>(kMinBlocks, at::get_num_threads()));
 }
-
-// Where (one sample of) a 4-D tensor keeps channel ch of pixel (r, c): strides in elements.
-struct Strides {
-  int64_t c, h, w;
-};
 
 // A sample copied channels-last into a zero border wide enough for every tap that reads
 // inside the plane (taps that never do are dropped): reads need no bounds checks, and a
@@ -283,8 +279,6 @@ void sum_rows_in_order(const T* src, int64_t R, int64_t M, T* dst) {
     }
   });
 }
-
-Strides sample_strides(const at::Tensor& t) { return {t.stride(1), t.stride(2), t.stride(3)}; }
 
 // Rows: a tile's pixels (output rows [m0, m0 + npix / out_w)); columns: channels
 // [c0, c0 + count) of one sample of an output-shaped tensor, in its own format.
