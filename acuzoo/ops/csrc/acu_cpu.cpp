@@ -348,7 +348,9 @@ struct CpuBackend {
   static constexpr bool kTiles = true;
   // Stride-1 depthwise layers with compact synapse sets run by channel blocks (acu_cpu_blocks.cpp).
   static constexpr bool kBlocks = true;
-  static bool blocks_suit(const Geometry& g, const at::Tensor& positions) { return acu::blocks_suit(g, positions); }
+  static bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
+    return acu::blocks_suit(g, positions, input);
+  }
   static at::Tensor blocks_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                                    const std::optional<at::Tensor>& bias, const Geometry& g) {
     return acu::blocks_forward(input, weight, positions, bias, g);

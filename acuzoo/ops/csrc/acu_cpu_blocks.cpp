@@ -30,9 +30,10 @@ namespace {
 
 std::atomic<int64_t> mode_override{0};
 // Layers whose merged kernel reads at most this many taps per pixel (on average over the
-// plane), on planes of at most kMaxPlane pixels, go by channel blocks: see blocks_suit.
+// plane) go by channel blocks; NCHW inputs only on planes up to kMaxNchwPlane pixels.
+// See blocks_suit.
 constexpr double kMaxTapsPerPixel = 64;
-constexpr int64_t kMaxPlane = 28 * 28;
+constexpr int64_t kMaxNchwPlane = 100;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
 constexpr int64_t kSampleRanges = 8;
 // A band's buffer (one sample, borders included) holds about this many elements: the
@@ -263,15 +264,17 @@ at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFo
 
 void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
 
-bool blocks_suit(const Geometry& g, const at::Tensor& positions) {
+bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
   if (!is_depthwise(g) || g.stride_h != 1 || g.stride_w != 1) return false;
   const int64_t mode = mode_override.load();
   if (mode != 0) return mode > 0;
-  // The merged kernel costs its whole box at every pixel (less the rows and columns that
-  // fall off the plane); the plane kernels cost each synapse's own taps on planes padded
-  // by the box, and run long rows well. bench/ops.py (bench/RESULTS.md): blocks win on
-  // MobileNetV2's 7x7 to 28x28 planes up to ~64 taps per pixel and lose on 56x56 (2x).
-  if (g.height * g.width > kMaxPlane) return false;
+  // Each kernel works in its own format (blocks channels-last, planes NCHW) and pays two
+  // transposes for the other. The merged kernel costs its whole box at every pixel (less
+  // the rows and columns that fall off the plane); the plane kernels cost each synapse's
+  // own taps on planes padded by the box, and run long rows well. bench/depthwise_kernels.py
+  // (bench/RESULTS.md): on channels-last input blocks win up to ~64 taps per pixel, on
+  // every MobileNetV2 plane; on NCHW input they win on 7x7 and lose on 14x14 and larger.
+  if (!is_channels_last(input) && g.height * g.width > kMaxNchwPlane) return false;
   bool fits = false;
   AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "acu_blocks_suit", [&] {
     const auto taps = all_taps<scalar_t>(positions);

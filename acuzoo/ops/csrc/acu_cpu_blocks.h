@@ -13,8 +13,8 @@
 namespace acu {
 
 // Whether the channel-block kernels serve this depthwise layer: stride 1, and (unless a
-// test forces them) a merged kernel small enough on this plane.
-bool blocks_suit(const Geometry& g, const at::Tensor& positions);
+// test forces them) a merged kernel small enough on this plane, for this input's format.
+bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input);
 
 // Input in any memory format; the output takes the input's.
 at::Tensor blocks_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,

@@ -92,9 +92,9 @@ bool uses_tiles(const Geometry& g, bool backward) {
 
 // Whether the backend's channel-block depthwise kernels (CPU) take this layer.
 template <class Backend>
-bool uses_blocks(const Geometry& g, const at::Tensor& positions) {
+bool uses_blocks(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
   if constexpr (Backend::kBlocks) {
-    return Backend::blocks_suit(g, positions);
+    return Backend::blocks_suit(g, positions, input);
   } else {
     return false;
   }
@@ -127,7 +127,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight_, const at
   }
   if constexpr (Backend::kBlocks) {
     // Channel-block kernels read and write either memory format.
-    if (uses_blocks<Backend>(g, positions)) {
+    if (uses_blocks<Backend>(g, positions, input_)) {
       return Backend::blocks_forward(input_, weight, positions, bias, g);
     }
   }
@@ -161,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const at::ScalarType acc = math_type(dtype);
   const at::Tensor positions = positions_.to(acc).contiguous();
   const bool need_x = mask[0], need_w = mask[1], need_pos = mask[2];
-  const bool tiles = uses_tiles<Backend>(g, true), blocks = uses_blocks<Backend>(g, positions);
+  const bool tiles = uses_tiles<Backend>(g, true), blocks = uses_blocks<Backend>(g, positions, input_);
   // The tiled and channel-block kernels take input and gradient in whichever format they come.
   const bool any_format = tiles || blocks;
   const at::Tensor input = any_format ? input_ : input_.contiguous();
