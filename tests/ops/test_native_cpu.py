@@ -64,6 +64,16 @@ def max_err(a, b):
     return (a - b).abs().max().item()
 
 
+def native_grads_on_threads(args, threads: int):
+    """The native op's four gradients computed with ``threads`` ATen threads."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return grads(native.native_active_conv2d, *args)[1]
+    finally:
+        torch.set_num_threads(before)
+
+
 def assert_native_equals_reference(args):
     """The native op's output and its four gradients within TOL of the reference's."""
     out, got = grads(native.native_active_conv2d, *args)

@@ -15,7 +15,7 @@ import torch
 from acuzoo.ops import active_conv2d, native
 from acuzoo.ops.reference import reference_active_conv2d
 
-from .test_native_cpu import TOL, assert_native_equals_reference, grads, make_args, max_err
+from .test_native_cpu import TOL, assert_native_equals_reference, grads, make_args, max_err, native_grads_on_threads
 
 # (n, c_in, c_out, h, w, groups, sets, stride), all depthwise at stride 1.
 DEPTHWISE = {
@@ -110,15 +110,7 @@ def test_blocks_float32_close_to_float64(forced_blocks):
 def test_blocks_gradients_are_bitwise_the_same_whatever_the_thread_count(forced_blocks):
     # Sums run over fixed sample ranges of each band, not over threads.
     args = make_args((11, 48, 48, 9, 10, 48, 48, 1), 1.5, dtype=torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = grads(native.native_active_conv2d, *args)[1]
-        torch.set_num_threads(2)
-        two = grads(native.native_active_conv2d, *args)[1]
-        again = grads(native.native_active_conv2d, *args)[1]
-    finally:
-        torch.set_num_threads(threads)
+    one, two, again = (native_grads_on_threads(args, n) for n in (1, 2, 2))
     assert all(torch.equal(a, b) for a, b in zip(one, two))
     assert all(torch.equal(a, b) for a, b in zip(two, again))
 

@@ -14,7 +14,15 @@ import torch
 from acuzoo.ops import native
 from acuzoo.ops.reference import reference_active_conv2d
 
-from .test_native_cpu import CASES, TOL, assert_native_equals_reference, grads, make_args, max_err
+from .test_native_cpu import (
+    CASES,
+    TOL,
+    assert_native_equals_reference,
+    grads,
+    make_args,
+    max_err,
+    native_grads_on_threads,
+)
 
 GROUPED = {name: case for name, case in CASES.items() if not name.startswith("depthwise")}
 # (tile columns budget, mode): default size forced on; one output row per tile; forced off.
@@ -70,14 +78,7 @@ def test_tiles_gradients_are_bitwise_deterministic(forced_tiles):
 def test_tiles_give_the_same_gradients_whatever_the_thread_count(forced_tiles):
     # Sums run over fixed sample blocks, not over threads.
     args = make_args((20, 16, 16, 9, 10, 1, 1, 1), 1.5)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = grads(native.native_active_conv2d, *args)[1]
-        torch.set_num_threads(2)
-        two = grads(native.native_active_conv2d, *args)[1]
-    finally:
-        torch.set_num_threads(threads)
+    one, two = native_grads_on_threads(args, 1), native_grads_on_threads(args, 2)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
