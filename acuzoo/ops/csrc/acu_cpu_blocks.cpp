@@ -62,18 +62,19 @@ struct Box {
 // once per group and eight multiply-adds are in flight.
 constexpr int kGroup = 8;
 
-// A band buffer holds channels [c0, c0 + nl) of one sample pixel by pixel, `lanes` values
-// per pixel (nl rounded up to whole vectors; the rest zero): a tap's read of a pixel for
-// one block of L channels is one vector. Rows carry kGroup - 1 zero pixels on each side,
-// so that a group of pixels, or a run of kGroup taps, that reaches the plane at all stays
-// inside its row.
+// A band buffer holds channels [c0, c0 + nl) of one sample by blocks of L channels (the
+// vector width): block by block, pixel by pixel, L values per pixel (the lanes past nl
+// zero). A tap's read of a pixel for one block is one vector, and the pixels of a row are
+// L apart: fixed offsets the compiler folds into the loads. Rows carry kGroup - 1 zero
+// pixels on each side, so that a group of pixels, or a run of kGroup taps, that reaches the
+// plane at all stays inside its row.
 struct Plane {
   int H, W;
-  int64_t lanes;
   static constexpr int pad = kGroup - 1;
   int64_t pitch() const { return W + 2 * pad; }
-  int64_t size() const { return H * pitch() * lanes; }
-  int64_t at(int h, int w) const { return (h * pitch() + pad + w) * lanes; }
+  // Pixels of one block (borders included), and the index of pixel (h, w) in a block.
+  int64_t pixels() const { return H * pitch(); }
+  int64_t pixel(int h, int w) const { return h * pitch() + pad + w; }
 };
 
 // Channels per band: as many whole vectors as keep a band's buffer near kBandElements,
@@ -86,30 +87,44 @@ int64_t band_channels(const Geometry& g, int64_t L) {
   return ((cpad + bands - 1) / bands + L - 1) / L * L;
 }
 
-// Copies in and out of channels-last tensors: a pixel's channels are one run (s.c is 1,
-// or the tensor has a single channel).
+// Channels [c0, c0 + nl) of one channels-last sample into a band buffer: a pixel's
+// channels are one run (s.c is 1, or the tensor has a single channel).
 template <typename T>
 void block_in(const T* src, const Strides& s, const Plane& p, int64_t nl, T* dst) {
+  using V = typename Lanes<T>::vec;
+  constexpr int64_t L = Lanes<T>::n;
+  const int64_t full = nl / L, rest = nl % L, step = p.pixels() * L;
   for (int h = 0; h < p.H; ++h) {
     for (int w = 0; w < p.W; ++w) {
       const T* from = src + h * s.h + w * s.w;
-      T* to = dst + p.at(h, w);
-      for (int64_t l = 0; l < nl; ++l) to[l] = from[l];
-      for (int64_t l = nl; l < p.lanes; ++l) to[l] = T(0);
+      T* to = dst + p.pixel(h, w) * L;
+      for (int64_t b = 0; b < full; ++b) store_vec(to + b * step, load_vec<V>(from + b * L));
+      if (rest == 0) continue;
+      T* tail = to + full * step;
+      for (int64_t l = 0; l < rest; ++l) tail[l] = from[full * L + l];
+      for (int64_t l = rest; l < L; ++l) tail[l] = T(0);
     }
   }
 }
 
+// Where a block's results go: channels-last pixels s.w apart (the block's first channel
+// at `at`), `lanes` valid channels of the vector.
 template <typename T>
-void block_out(const T* src, const Plane& p, int64_t nl, const Strides& s, T* dst) {
-  for (int h = 0; h < p.H; ++h) {
-    for (int w = 0; w < p.W; ++w) {
-      const T* from = src + p.at(h, w);
-      T* to = dst + h * s.h + w * s.w;
-      for (int64_t l = 0; l < nl; ++l) to[l] = from[l];
+struct Sink {
+  T* at;
+  Strides s;
+  int64_t lanes;
+  void put(int h, int w, const typename Lanes<T>::vec& v) const {
+    T* to = at + h * s.h + w * s.w;
+    if (lanes == Lanes<T>::n) {
+      store_vec(to, v);
+      return;
     }
+    T tmp[Lanes<T>::n];
+    store_vec(tmp, v);
+    std::copy_n(tmp, lanes, to);
   }
-}
+};
 
 // The layer's synapses merged per channel: the boxes of the taps they read (value) and
 // read or differentiate (slope), and each channel's dense kernel over the value box,
@@ -178,15 +193,16 @@ Merged<T> merge(const std::vector<AxisTaps<T>>& taps, const T* w, const Geometry
   return m;
 }
 
-// dst[p] = init + sum over the box's taps t of kern[t] * src[p + S * t], for one block of
+// out[p] = init + sum over the box's taps t of kern[t] * src[p + S * t], for one block of
 // L channels (src zero outside the plane; kern's taps cpad apart). S = +1 is the forward
 // read, S = -1 its transpose (the input gradient). Pixels go by groups of kGroup; a group
-// skips the tap columns that miss the plane for all of its pixels, and pixels past the
-// row end are scratch (border).
+// skips the tap columns that miss the plane for all of its pixels, and its pixels past the
+// row end are computed but not stored.
 template <int S, typename T>
-void correlate(const T* src, const Plane& p, const T* kern, const Box& box, int64_t cpad, const T* init, T* dst) {
+void correlate(const T* src, const Plane& p, const T* kern, const Box& box, int64_t cpad, const T* init,
+               const Sink<T>& out) {
   using V = typename Lanes<T>::vec;
-  const int64_t px = p.lanes;
+  constexpr int64_t L = Lanes<T>::n;
   const int cols = box.cols();
   const V start = init ? load_vec<V>(init) : V{};
   for (int oh = 0; oh < p.H; ++oh) {
@@ -200,14 +216,14 @@ void correlate(const T* src, const Plane& p, const T* kern, const Box& box, int6
       for (int q = 0; q < kGroup; ++q) acc[q] = start;
       for (int i = i_lo; i <= i_hi; ++i) {
         const T* k = kern + (static_cast<int64_t>(i - box.r0) * cols + (j_lo - box.c0)) * cpad;
-        const T* x = src + p.at(oh + S * i, ow + S * j_lo);
-        for (int j = j_lo; j <= j_hi; ++j, k += cpad, x += S * px) {
+        const T* x = src + p.pixel(oh + S * i, ow + S * j_lo) * L;
+        for (int j = j_lo; j <= j_hi; ++j, k += cpad, x += S * L) {
           const V kv = load_vec<V>(k);
-          for (int q = 0; q < kGroup; ++q) acc[q] += kv * load_vec<V>(x + q * px);
+          for (int q = 0; q < kGroup; ++q) acc[q] += kv * load_vec<V>(x + q * L);
         }
       }
-      T* out = dst + p.at(oh, ow);
-      for (int q = 0; q < kGroup; ++q) store_vec(out + q * px, acc[q]);
+      const int stored = std::min(kGroup, p.W - ow);
+      for (int q = 0; q < stored; ++q) out.put(oh, ow + q, acc[q]);
     }
   }
 }
@@ -218,16 +234,15 @@ template <int J, typename T>
 void row_dots(const T* g, const T* x, const Plane& p, int i, int j0, int h_lo, int h_hi, T* dots) {
   using V = typename Lanes<T>::vec;
   constexpr int64_t L = Lanes<T>::n;
-  const int64_t px = p.lanes;
   const int w_lo = std::max(0, -(j0 + J - 1)), w_hi = std::min(p.W, p.W - j0);
   V acc[J];
   for (int q = 0; q < J; ++q) acc[q] = V{};
   for (int h = h_lo; h < h_hi; ++h) {
-    const T* gp = g + p.at(h, w_lo);
-    const T* xp = x + p.at(h + i, w_lo + j0);
-    for (int w = w_lo; w < w_hi; ++w, gp += px, xp += px) {
+    const T* gp = g + p.pixel(h, w_lo) * L;
+    const T* xp = x + p.pixel(h + i, w_lo + j0) * L;
+    for (int w = w_lo; w < w_hi; ++w, gp += L, xp += L) {
       const V gv = load_vec<V>(gp);
-      for (int q = 0; q < J; ++q) acc[q] += gv * load_vec<V>(xp + q * px);
+      for (int q = 0; q < J; ++q) acc[q] += gv * load_vec<V>(xp + q * L);
     }
   }
   for (int q = 0; q < J; ++q) store_vec(dots + q * L, load_vec<V>(dots + q * L) + acc[q]);
@@ -305,17 +320,17 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
     const T* x = input.const_data_ptr<T>();
     T* y = out.mutable_data_ptr<T>();
     at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
-      const Plane p{static_cast<int>(g.height), static_cast<int>(g.width), band};
-      std::vector<T> xb(p.size(), T(0)), yb(p.size());
+      const Plane p{static_cast<int>(g.height), static_cast<int>(g.width)};
+      const int64_t step = p.pixels() * L;
+      std::vector<T> xb(band / L * step, T(0));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / bands, c0 = (item % bands) * band, nl = std::min(band, C - c0);
-        const int64_t active = (nl + L - 1) / L * L;  // lanes past nl are zero
         block_in(x + n * input.stride(0) + c0, li, p, nl, xb.data());
-        for (int64_t b = 0; b < active; b += L) {
-          correlate<1>(xb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
-                       bias_lanes.empty() ? nullptr : bias_lanes.data() + c0 + b, yb.data() + b);
+        for (int64_t b = 0; b < nl; b += L) {
+          const Sink<T> sink{y + n * out.stride(0) + c0 + b, lo, std::min(L, nl - b)};
+          correlate<1>(xb.data() + b / L * step, p, m.kernel.data() + c0 + b, m.value, m.cpad,
+                       bias_lanes.empty() ? nullptr : bias_lanes.data() + c0 + b, sink);
         }
-        block_out(yb.data(), p, nl, lo, y + n * out.stride(0) + c0);
       }
     });
   });
@@ -349,25 +364,26 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const T* go = grad_out.const_data_ptr<T>();
     T* gxp = need_x ? gx.mutable_data_ptr<T>() : nullptr;
     at::parallel_for(0, bands * ranges, 1, [&](int64_t begin, int64_t end) {
-      const Plane p{H, W, band};
-      std::vector<T> xb(p.size(), T(0)), gb(p.size(), T(0)), gxb(p.size()), acc(band * n_taps);
+      const Plane p{H, W};
+      const int64_t step = p.pixels() * L;
+      std::vector<T> xb(band / L * step, T(0)), gb(band / L * step, T(0)), acc(band * n_taps);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t c0 = (item / ranges) * band, r = item % ranges, nl = std::min(band, C - c0);
-        const int64_t active = (nl + L - 1) / L * L;  // lanes past nl are zero
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t n = r * per_range; n < std::min(g.batch, (r + 1) * per_range); ++n) {
           block_in(go + n * grad_out.stride(0) + c0, lg, p, nl, gb.data());
           if (need_sums) block_in(x + n * input.stride(0) + c0, li, p, nl, xb.data());
-          for (int64_t b = 0; b < active; b += L) {
+          for (int64_t b = 0; b < nl; b += L) {
+            const T* gblock = gb.data() + b / L * step;
             if (need_x) {
-              correlate<-1>(gb.data() + b, p, m.kernel.data() + c0 + b, m.value, m.cpad,
-                            static_cast<const T*>(nullptr), gxb.data() + b);
+              const Sink<T> sink{gxp + n * gx.stride(0) + c0 + b, lx, std::min(L, nl - b)};
+              correlate<-1>(gblock, p, m.kernel.data() + c0 + b, m.value, m.cpad, static_cast<const T*>(nullptr),
+                            sink);
             }
-            if (need_sums) tap_dots(gb.data() + b, xb.data() + b, p, m.slope, acc.data() + b * n_taps);
+            if (need_sums) tap_dots(gblock, xb.data() + b / L * step, p, m.slope, acc.data() + b * n_taps);
           }
-          if (need_x) block_out(gxb.data(), p, nl, lx, gxp + n * gx.stride(0) + c0);
         }
-        for (int64_t b = 0; b < active; b += L) {
+        for (int64_t b = 0; b < nl; b += L) {
           const int64_t valid = std::min(L, nl - b);
           for (int64_t t = 0; t < n_taps; ++t) {
             std::copy_n(acc.data() + b * n_taps + t * L, valid, dots.data() + (r * n_taps + t) * m.cpad + c0 + b);
