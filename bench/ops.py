@@ -5,10 +5,15 @@ Prints a table of medians (ms) and ratios to baselines measured in the same run:
   channels_last, both timed; each ACU path likewise keeps its faster format);
 - deform: ``torchvision.ops.deform_conv2d`` expressing the same ACU with constant offsets.
 
+Each cell is a median over repeats; the conv and the paths are timed in interleaved rounds
+(``--rounds``) and each cell keeps its best round, so that drift of this shared machine moves
+baseline and ACU alike.
+
 Shapes: MobileNetV2's depthwise layers at 224 px, batch 32, and a dense CIFAR layer
 (64 -> 64, 32x32, batch 128, one shared position set). Positions at init, spread +-1.5, +-3.
 
     .venv/bin/python bench/ops.py [--paths auto dense columns] [--threads 2] [--allocator glibc-keep]
+        [--shapes "dw C384 14" ...] [--rounds 3] [--no-deform]
 
 glibc's malloc hands large buffers back to the OS after every call (buffers above its
 32 MiB mmap-threshold ceiling always are), so page faults can dominate, and differently
@@ -80,6 +85,8 @@ def main() -> None:
     parser.add_argument("--allocator", choices=["jemalloc", "glibc-keep", "glibc"], default="glibc-keep")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), help="subset of shape names")
     parser.add_argument("--no-deform", action="store_true", help="skip the (slow) deform_conv2d baseline")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each timing keeps its best")
+    parser.add_argument("--budget", type=float, default=0.3, help="seconds of repeats per timing and round")
     args = parser.parse_args()
     allocator = _reexec_with_allocator(args.allocator)
 
@@ -109,22 +116,12 @@ def main() -> None:
         header += f"{path + ' fwd':>14}{'x conv':>8}{path + ' f+b':>14}{'x conv':>8}"
     header += f"{'deform f+b':>12}{'deform/acu':>11}{'  auto picks':>13}"
     print(header)
+    formats = (torch.contiguous_format, torch.channels_last)
     for name in args.shapes:
         c_in, c_out, h, w, s, g, p, n = SHAPES[name]
         x = torch.randn(n, c_in, h, w)
         grad = torch.randn(n, c_out, (h - 1) // s + 1, (w - 1) // s + 1)
         conv_w = torch.randn(c_out, c_in // g, 3, 3, requires_grad=True)
-        conv_times = {}
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            # A fresh leaf per format: without detach, x.contiguous() is x itself for NCHW,
-            # x turns into a leaf that needs grad, and every later channels_last backward
-            # also runs the copy's backward into x (about +1 ms on C384 14x14, any path).
-            xf = x.detach().contiguous(memory_format=fmt).requires_grad_()
-            gf = grad.contiguous(memory_format=fmt)
-            op = partial(F.conv2d, xf, conv_w, None, s, 1, 1, g)
-            conv_times[fmt] = (median_ms(op), median_ms(fwd_bwd(op, [xf, conv_w], gf)))
-        conv_fwd = min(t[0] for t in conv_times.values())
-        conv_fb = min(t[1] for t in conv_times.values())
         deform_fb = None
         for spread_name, spread in SPREADS.items():
             pos = grid.expand(p, 9, 2).clone()
@@ -132,21 +129,36 @@ def main() -> None:
                 pos = (torch.rand(p, 9, 2) * 2 - 1) * spread
             pos.requires_grad_()
             weight = torch.randn(c_out, c_in // g, 9, requires_grad=True)
-            xr = x.clone().requires_grad_()
-            row = f"{name:<16}{spread_name:>7}{conv_fwd:>10.1f}{conv_fb:>10.1f}"
-            acu_fb = None
-            for path in args.paths:
-                # Like the conv, each path is timed in both memory formats and keeps its faster one.
-                t_fwd = t_fb = float("inf")
-                for fmt in (torch.contiguous_format, torch.channels_last):
-                    xf = x.detach().contiguous(memory_format=fmt).requires_grad_()
-                    gf = grad.contiguous(memory_format=fmt)
+            # Every candidate (the conv and each path, in both memory formats) as (forward,
+            # forward+backward) closures; each keeps its faster format.
+            candidates: dict[str, list] = {"conv": [], **{path: [] for path in args.paths}}
+            for fmt in formats:
+                # A fresh leaf per format: without detach, x.contiguous() is x itself for NCHW,
+                # x turns into a leaf that needs grad, and every later channels_last backward
+                # also runs the copy's backward into x (about +1 ms on C384 14x14, any path).
+                xf = x.detach().contiguous(memory_format=fmt).requires_grad_()
+                gf = grad.contiguous(memory_format=fmt)
+                op = partial(F.conv2d, xf, conv_w, None, s, 1, 1, g)
+                candidates["conv"].append((op, fwd_bwd(op, [xf, conv_w], gf)))
+                for path in args.paths:
                     op = partial(active_conv2d, xf, weight, pos, None, s, g, path=path)
-                    t_fwd = min(t_fwd, median_ms(op))
-                    t_fb = min(t_fb, median_ms(fwd_bwd(op, [xf, weight, pos], gf)))
-                acu_fb = t_fb if acu_fb is None else min(acu_fb, t_fb)
+                    candidates[path].append((op, fwd_bwd(op, [xf, weight, pos], gf)))
+            # Rounds interleave the baseline with the paths, so that a machine slowing down
+            # or speeding up mid-row moves both sides; each keeps its best round.
+            best = {key: [float("inf"), float("inf")] for key in candidates}
+            for _ in range(args.rounds):
+                for key, closures in candidates.items():
+                    for fwd, fb in closures:
+                        best[key][0] = min(best[key][0], median_ms(fwd, budget_s=args.budget))
+                        best[key][1] = min(best[key][1], median_ms(fb, budget_s=args.budget))
+            conv_fwd, conv_fb = best["conv"]
+            row = f"{name:<16}{spread_name:>7}{conv_fwd:>10.1f}{conv_fb:>10.1f}"
+            for path in args.paths:
+                t_fwd, t_fb = best[path]
                 row += f"{t_fwd:>14.1f}{t_fwd / conv_fwd:>8.2f}{t_fb:>14.1f}{t_fb / conv_fb:>8.2f}"
+            acu_fb = min(best[path][1] for path in args.paths)
             if deform_fb is None and not args.no_deform and spread_name == "+-1.5":
+                xr = x.clone().requires_grad_()
                 offsets = (pos.detach() - grid).reshape(1, -1, 1, 1)
                 ho, wo = grad.shape[-2:]
                 off = offsets.expand(n, -1, ho, wo).contiguous().requires_grad_()
@@ -155,7 +167,7 @@ def main() -> None:
                 deform_fb = median_ms(fwd_bwd(op, [xr, off, dw], grad), min_reps=1, budget_s=0)
             ratio = f"{deform_fb / acu_fb:>11.0f}" if deform_fb is not None else f"{'-':>11}"
             deform_text = f"{deform_fb:>12.0f}" if deform_fb is not None else f"{'-':>12}"
-            picks = choose_path(xr, weight, pos, g)
+            picks = choose_path(x, weight, pos, g)
             print(row + deform_text + ratio + f"{picks:>13}", flush=True)
 
 

@@ -2,7 +2,9 @@
 vector lanes) and the plane kernels they replace where the merged kernel is small.
 
 ``acuzoo::_set_cpu_depthwise_blocks`` forces one or the other (1 blocks, -1 planes, 0 the
-cost rule), so both are held to the reference on every shape here.
+cost rule), and ``acuzoo::_set_cpu_blocks_direct`` the blocks' forward reads (1 in place
+from the channels-last input, -1 through zero-bordered band copies), so every variant is
+held to the reference on every shape here.
 """
 
 from __future__ import annotations
@@ -28,23 +30,26 @@ DEPTHWISE = {
     "wide_plane": (1, 3, 3, 17, 30, 3, 3, 1),  # several pixel groups per row
 }
 SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
-MODES = {"blocks": 1, "planes": -1}
+# (blocks mode, forward reads mode)
+MODES = {"blocks_in_place": (1, 1), "blocks_bands": (1, -1), "planes": (-1, 0)}
+READS = {"in_place": 1, "bands": -1}
 
 
-def set_mode(mode: int) -> None:
+def set_mode(mode: int, reads: int = 0) -> None:
     torch.ops.acuzoo._set_cpu_depthwise_blocks(mode)
+    torch.ops.acuzoo._set_cpu_blocks_direct(reads)
 
 
 @pytest.fixture(params=MODES.values(), ids=MODES.keys())
 def mode(request, ext):
-    set_mode(request.param)
+    set_mode(*request.param)
     yield request.param
     set_mode(0)
 
 
-@pytest.fixture
-def forced_blocks(ext):
-    set_mode(1)
+@pytest.fixture(params=READS.values(), ids=READS.keys())
+def forced_blocks(request, ext):
+    set_mode(1, request.param)
     yield
     set_mode(0)
 

@@ -26,7 +26,9 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out, c
                                                    const at::Tensor& weight, const at::Tensor& positions,
                                                    const Geometry& g, bool need_x, bool need_sums);
 
-// Test hook: 1 always (at stride 1), -1 never, 0 by the cost rule of blocks_suit.
+// Test hooks: 1 always (at stride 1), -1 never, 0 by the cost rule of blocks_suit; and
+// for the forward's in-place reads (1 always, -1 never: band copies, 0 by direct_suits).
 void set_blocks_mode(int64_t mode);
+void set_direct_mode(int64_t mode);
 
 }  // namespace acu
