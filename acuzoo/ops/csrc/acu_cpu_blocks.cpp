@@ -41,6 +41,8 @@ constexpr int64_t kMaxNchwPlane = 100;
 // of the edges; otherwise it copies bands with zero borders (correlate). See direct_suits.
 constexpr int kMaxDirectCols = 5;
 constexpr double kMinDirectInterior = 0.8;
+// In place, a backward task takes this many blocks of channels (of one sample range).
+constexpr int64_t kDotsChunk = 8;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
 constexpr int64_t kSampleRanges = 8;
 // A band's buffer (one sample, borders included) holds about this many elements: the
@@ -416,6 +418,62 @@ void tap_dots(const T* g, const T* x, const Plane& p, const Box& box, T* dots) {
   }
 }
 
+// acc[q] += sum over pixels w of g[w] * x[w + j0 + q], q < J, for one row of one block read
+// straight from channels-last tensors (g at row h, x at row h + i, pixels s.w apart): the
+// pixels whose J columns all fall inside the row together, the few near the ends column
+// by column.
+template <int J, bool Full, typename T>
+void direct_row_dots(const T* g, const T* x, int64_t sw, int W, int j0, int64_t lanes, T* acc) {
+  using V = typename Lanes<T>::vec;
+  constexpr int64_t L = Lanes<T>::n;
+  V a[J];
+  for (int q = 0; q < J; ++q) a[q] = V{};
+  const int lo = std::max(0, -(j0 + J - 1)), hi = std::min(W, W - j0);  // some column inside
+  const int in_lo = std::max(lo, -j0), in_hi = std::max(in_lo, std::min(hi, W - (j0 + J - 1)));  // all inside
+  auto partial = [&](int w) {
+    const V gv = read_block<T, Full>(g + w * sw, lanes);
+    for (int q = 0; q < J; ++q) {
+      const int col = w + j0 + q;
+      if (col >= 0 && col < W) a[q] += gv * read_block<T, Full>(x + col * sw, lanes);
+    }
+  };
+  for (int w = lo; w < in_lo; ++w) partial(w);
+  const T* gp = g + in_lo * sw;
+  const T* xp = x + (in_lo + j0) * sw;
+  for (int w = in_lo; w < in_hi; ++w, gp += sw, xp += sw) {
+    const V gv = read_block<T, Full>(gp, lanes);
+    for (int q = 0; q < J; ++q) a[q] += gv * read_block<T, Full>(xp + q * sw, lanes);
+  }
+  for (int w = std::max(in_hi, in_lo); w < hi; ++w) partial(w);
+  for (int q = 0; q < J; ++q) store_vec(acc + q * L, load_vec<V>(acc + q * L) + a[q]);
+}
+
+// dots[t] += sum over pixels p of g[p] * x[p + t] for every tap t of the box, one output
+// row h of one block of channels read in place (x zero outside the plane).
+template <bool Full, typename T>
+void direct_tap_dots(const T* g, const T* x, const Strides& s, const Geometry& geo, int h, const Box& box,
+                     int64_t lanes, T* dots) {
+  constexpr int64_t L = Lanes<T>::n;
+  const int H = static_cast<int>(geo.height), W = static_cast<int>(geo.width);
+  const T* g_row = g + h * s.h;
+  for (int i = std::max(box.r0, -h); i <= std::min(box.r1, H - 1 - h); ++i) {
+    const T* x_row = x + (h + i) * s.h;
+    for (int j0 = box.c0; j0 <= box.c1; j0 += kGroup) {
+      T* d = dots + box.index(i, j0) * L;
+      switch (std::min(kGroup, box.c1 - j0 + 1)) {
+        case 1: direct_row_dots<1, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+        case 2: direct_row_dots<2, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+        case 3: direct_row_dots<3, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+        case 4: direct_row_dots<4, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+        case 5: direct_row_dots<5, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+        case 6: direct_row_dots<6, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+        case 7: direct_row_dots<7, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+        default: direct_row_dots<kGroup, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
+      }
+    }
+  }
+}
+
 // The kernels run channels-last: a pixel's band of channels is one run to copy. Other
 // layouts are transposed once by ATen (much faster than strided copies per band).
 at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
@@ -507,12 +565,117 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
   return in_format_of(out, input_);
 }
 
+namespace {
+
+// What both backward schemes share: channels-last tensors, the merged kernel and boxes,
+// and the dots of every fixed sample range, (range, tap, channel), cpad channels apart.
+template <typename T>
+struct Backward {
+  const Geometry& g;
+  const Merged<T>& m;
+  const T *go, *x;  // grad_out and input, channels-last
+  T* gx;            // grad_input, channels-last, or null
+  Strides s;        // of all three (one shape, one layout)
+  int64_t sample;   // elements per sample
+  int64_t n_taps, per_range, ranges;
+  T* dots;          // null when the sums are not wanted
+  int64_t samples_end(int64_t r) const { return std::min(g.batch, (r + 1) * per_range); }
+  // A task's accumulators (nl channels from c0, n_taps vectors per block) into dots.
+  void publish(const T* acc, int64_t r, int64_t c0, int64_t nl) const {
+    constexpr int64_t L = Lanes<T>::n;
+    for (int64_t b = 0; b < nl; b += L) {
+      for (int64_t t = 0; t < n_taps; ++t) {
+        std::copy_n(acc + b * n_taps + t * L, std::min(L, nl - b), dots + (r * n_taps + t) * m.cpad + c0 + b);
+      }
+    }
+  }
+};
+
+// In place: the input gradient by output rows; the dots by (sample range, chunk of
+// blocks), rows and blocks in a fixed order within each task.
+template <typename T>
+void backward_in_place(const Backward<T>& job) {
+  constexpr int64_t L = Lanes<T>::n;
+  const Geometry& g = job.g;
+  const int64_t C = g.c_out;
+  if (job.gx) {
+    at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
+      std::vector<typename Lanes<T>::vec> scratch(kGroup + job.m.value.cols());
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / g.height;
+        direct_row<-1>(job.go + n * job.sample, job.s, g, static_cast<int>(r % g.height), job.m,
+                       static_cast<const T*>(nullptr), job.gx + n * job.sample, job.s, scratch.data());
+      }
+    });
+  }
+  if (!job.dots) return;
+  const int64_t chunk = kDotsChunk * L, chunks = (C + chunk - 1) / chunk;
+  at::parallel_for(0, job.ranges * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(chunk * job.n_taps);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item / chunks, c0 = (item % chunks) * chunk, nl = std::min(chunk, C - c0);
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t n = r * job.per_range; n < job.samples_end(r); ++n) {
+        const T* gn = job.go + n * job.sample + c0;
+        const T* xn = job.x + n * job.sample + c0;
+        for (int h = 0; h < g.height; ++h) {
+          for (int64_t b = 0; b < nl; b += L) {
+            T* d = acc.data() + b * job.n_taps;
+            if (nl - b >= L) {
+              direct_tap_dots<true>(gn + b, xn + b, job.s, g, h, job.m.slope, L, d);
+            } else {
+              direct_tap_dots<false>(gn + b, xn + b, job.s, g, h, job.m.slope, nl - b, d);
+            }
+          }
+        }
+      }
+      job.publish(acc.data(), r, c0, nl);
+    }
+  });
+}
+
+// By bands: a task owns a band of channels for one sample range and copies each sample's
+// band of grad_out (and input) into zero-bordered buffers shared by both gradients.
+template <typename T>
+void backward_by_bands(const Backward<T>& job) {
+  constexpr int64_t L = Lanes<T>::n;
+  const Geometry& g = job.g;
+  const int64_t C = g.c_out, band = band_channels(g, L), bands = (C + band - 1) / band;
+  at::parallel_for(0, bands * job.ranges, 1, [&](int64_t begin, int64_t end) {
+    const Plane p{static_cast<int>(g.height), static_cast<int>(g.width)};
+    const int64_t step = p.pixels() * L;
+    std::vector<T> xb(job.dots ? band / L * step : 0, T(0)), gb(band / L * step, T(0)), acc(band * job.n_taps);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t c0 = (item / job.ranges) * band, r = item % job.ranges, nl = std::min(band, C - c0);
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t n = r * job.per_range; n < job.samples_end(r); ++n) {
+        block_in(job.go + n * job.sample + c0, job.s, p, nl, gb.data());
+        if (job.dots) block_in(job.x + n * job.sample + c0, job.s, p, nl, xb.data());
+        for (int64_t b = 0; b < nl; b += L) {
+          const T* gblock = gb.data() + b / L * step;
+          if (job.gx) {
+            const Sink<T> sink{job.gx + n * job.sample + c0 + b, job.s, std::min(L, nl - b)};
+            correlate<-1>(gblock, p, job.m.kernel.data() + c0 + b, job.m.value, job.m.cpad,
+                          static_cast<const T*>(nullptr), sink);
+          }
+          if (job.dots) tap_dots(gblock, xb.data() + b / L * step, p, job.m.slope, acc.data() + b * job.n_taps);
+        }
+      }
+      if (job.dots) job.publish(acc.data(), r, c0, nl);
+    }
+  });
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, const at::Tensor& input_,
                                                    const at::Tensor& weight, const at::Tensor& positions,
                                                    const Geometry& g, bool need_x, bool need_sums) {
   const at::Tensor grad_out = channels_last(grad_out_);
-  const at::Tensor input = need_sums ? channels_last(input_) : input_;
+  // The input is read only for the sums; the same layout as grad_out either way.
+  const at::Tensor input = need_sums ? channels_last(input_) : grad_out;
   at::Tensor gx = need_x ? at::empty_like(grad_out) : at::Tensor();
+  TORCH_INTERNAL_ASSERT(input.strides() == grad_out.strides(), "acuzoo: blocks expect one layout");
   const int64_t C = g.c_out, K = g.synapses;
   at::Tensor sums = need_sums ? at::zeros({C, K, 3}, input.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_blocks_backward_cpu", [&] {
@@ -521,56 +684,40 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const auto taps = all_taps<T>(positions);
     const T* w = weight.const_data_ptr<T>();
     const Merged<T> m = merge(taps, w, g, L, need_x);
-    const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
-    const int64_t band = band_channels(g, L), bands = (C + band - 1) / band;
     const int64_t n_taps = need_sums ? m.slope.taps() : 0;
     const int64_t per_range = (g.batch + kSampleRanges - 1) / kSampleRanges;
     const int64_t ranges = (g.batch + per_range - 1) / per_range;
-    // (range, tap, channel): each range's dots, added over ranges in order below.
     std::vector<T> dots(static_cast<size_t>(ranges * n_taps * m.cpad));
-    const Strides lg = sample_strides(grad_out), li = sample_strides(input);
-    const Strides lx = need_x ? sample_strides(gx) : lg;
-    const T* x = input.const_data_ptr<T>();
-    const T* go = grad_out.const_data_ptr<T>();
-    T* gxp = need_x ? gx.mutable_data_ptr<T>() : nullptr;
-    at::parallel_for(0, bands * ranges, 1, [&](int64_t begin, int64_t end) {
-      const Plane p{H, W};
-      const int64_t step = p.pixels() * L;
-      std::vector<T> xb(band / L * step, T(0)), gb(band / L * step, T(0)), acc(band * n_taps);
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t c0 = (item / ranges) * band, r = item % ranges, nl = std::min(band, C - c0);
-        std::fill(acc.begin(), acc.end(), T(0));
-        for (int64_t n = r * per_range; n < std::min(g.batch, (r + 1) * per_range); ++n) {
-          block_in(go + n * grad_out.stride(0) + c0, lg, p, nl, gb.data());
-          if (need_sums) block_in(x + n * input.stride(0) + c0, li, p, nl, xb.data());
-          for (int64_t b = 0; b < nl; b += L) {
-            const T* gblock = gb.data() + b / L * step;
-            if (need_x) {
-              const Sink<T> sink{gxp + n * gx.stride(0) + c0 + b, lx, std::min(L, nl - b)};
-              correlate<-1>(gblock, p, m.kernel.data() + c0 + b, m.value, m.cpad, static_cast<const T*>(nullptr),
-                            sink);
-            }
-            if (need_sums) tap_dots(gblock, xb.data() + b / L * step, p, m.slope, acc.data() + b * n_taps);
-          }
-        }
-        for (int64_t b = 0; b < nl; b += L) {
-          const int64_t valid = std::min(L, nl - b);
-          for (int64_t t = 0; t < n_taps; ++t) {
-            std::copy_n(acc.data() + b * n_taps + t * L, valid, dots.data() + (r * n_taps + t) * m.cpad + c0 + b);
-          }
-        }
-      }
-    });
+    const Backward<T> job{g,
+                          m,
+                          grad_out.const_data_ptr<T>(),
+                          input.const_data_ptr<T>(),
+                          need_x ? gx.mutable_data_ptr<T>() : nullptr,
+                          sample_strides(grad_out),
+                          grad_out.stride(0),
+                          n_taps,
+                          per_range,
+                          ranges,
+                          need_sums ? dots.data() : nullptr};
+    if (direct_suits(m.value, g)) {
+      backward_in_place(job);
+    } else {
+      backward_by_bands(job);
+    }
     if (!need_sums) return;
-    // Each channel's synapse sums from its dots, ranges added in order.
+    // The ranges' dots added in order (one pass over contiguous channels), then turned
+    // into each channel's synapse sums.
+    for (int64_t r = 1; r < ranges; ++r) {
+      const T* from = dots.data() + r * n_taps * m.cpad;
+      for (int64_t i = 0; i < n_taps * m.cpad; ++i) dots[i] += from[i];
+    }
     T* s = sums.mutable_data_ptr<T>();
     const int64_t per_set = C / g.sets;
+    const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
     at::parallel_for(0, C, 64, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         for_each_tap(&taps[2 * (c / per_set) * K], K, H, W, [&](int64_t k, int dr, int dc, T cv, T ca, T cb) {
-          const int64_t t = m.slope.index(dr, dc);
-          T d = T(0);
-          for (int64_t r = 0; r < ranges; ++r) d += dots[(r * n_taps + t) * m.cpad + c];
+          const T d = dots[m.slope.index(dr, dc) * m.cpad + c];
           T* out = s + (c * K + k) * 3;
           out[0] += cv * d;
           out[1] += w[c * K + k] * ca * d;
