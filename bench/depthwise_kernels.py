@@ -1,6 +1,8 @@
-"""The two native depthwise CPU kernels side by side, in the same run: channel blocks and
-padded planes (forced with the test hook ``acuzoo::_set_cpu_depthwise_blocks``), against
-PyTorch's depthwise 3x3 conv, in NCHW and channels_last. Medians in ms; not a test.
+"""The native depthwise CPU kernels side by side, in the same run: channel blocks reading
+channels-last input in place, channel blocks through zero-bordered band copies, and padded
+planes (forced with the test hooks ``acuzoo::_set_cpu_depthwise_blocks`` and
+``acuzoo::_set_cpu_blocks_direct``), against PyTorch's depthwise 3x3 conv, in NCHW and
+channels_last. Medians in ms; not a test.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 \\
         .venv/bin/python bench/depthwise_kernels.py [--shapes 960x7 384x14] [--spread 0]
@@ -21,7 +23,8 @@ from acuzoo.nn.active_conv import grid_positions  # noqa: E402
 from acuzoo.ops import native  # noqa: E402
 from bench.ops import median_ms  # noqa: E402
 
-MODES = {"blocks": 1, "planes": -1}
+# kernel: (blocks mode, in-place mode) for the two test hooks
+MODES = {"in-place": (1, 1), "bands": (1, -1), "planes": (-1, 0)}
 
 
 def conv_fwd_bwd(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> None:
@@ -33,7 +36,9 @@ def conv_fwd_bwd(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["960x7", "384x14", "192x28"], help="CxH, batch 32")
-    parser.add_argument("--spread", type=float, default=0.0, help="positions: the grid + uniform(-s, s)")
+    parser.add_argument(
+        "--spread", type=float, default=0.0, help="positions: the grid (0) or uniform(-s, s) around the origin"
+    )
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
     if native.load() is None:
@@ -41,28 +46,31 @@ def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, 2 threads, float32, batch {args.batch}, spread {args.spread}")
-    print(f"{'shape':<8}{'format':<8}{'kernel':<8}{'fwd':>8}{'bwd':>8}{'f+b':>8}{'x conv f+b':>12}")
+    print(f"{'shape':<8}{'format':<8}{'kernel':<10}{'fwd':>8}{'bwd':>8}{'f+b':>8}{'x conv f+b':>12}")
     op, backward = torch.ops.acuzoo.active_conv2d, torch.ops.acuzoo.active_conv2d_backward
     for shape in args.shapes:
         c, h = (int(v) for v in shape.split("x"))
         x = torch.randn(args.batch, c, h, h)
         w = torch.randn(c, 1, 9)
-        pos = grid_positions((3, 3), (1, 1)).expand(c, 9, 2) + (torch.rand(c, 9, 2) * 2 - 1) * args.spread
-        pos = pos.contiguous()
+        pos = grid_positions((3, 3), (1, 1)).expand(c, 9, 2).contiguous()
+        if args.spread:
+            pos = (torch.rand(c, 9, 2) * 2 - 1) * args.spread
         for fmt, name in ((torch.contiguous_format, "nchw"), (torch.channels_last, "cl")):
             xf = x.contiguous(memory_format=fmt)
             go = torch.randn_like(xf)
             conv = median_ms(partial(conv_fwd_bwd, xf, torch.randn(c, 1, 3, 3), go))
             forward = partial(op, xf, w, pos, None, [1, 1], c)
             gradients = partial(backward, go, xf, w, pos, [1, 1], c, [True, True, True])
-            for kernel, mode in MODES.items():
-                torch.ops.acuzoo._set_cpu_depthwise_blocks(mode)
+            for kernel, (blocks, in_place) in MODES.items():
+                torch.ops.acuzoo._set_cpu_depthwise_blocks(blocks)
+                torch.ops.acuzoo._set_cpu_blocks_direct(in_place)
                 try:
                     fwd, bwd = median_ms(forward), median_ms(gradients)
                 finally:
                     torch.ops.acuzoo._set_cpu_depthwise_blocks(0)
+                    torch.ops.acuzoo._set_cpu_blocks_direct(0)
                 total = fwd + bwd
-                print(f"{shape:<8}{name:<8}{kernel:<8}{fwd:>8.2f}{bwd:>8.2f}{total:>8.2f}{total / conv:>12.2f}")
+                print(f"{shape:<8}{name:<8}{kernel:<10}{fwd:>8.2f}{bwd:>8.2f}{total:>8.2f}{total / conv:>12.2f}")
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
 #include <type_traits>
 #include <vector>
 
@@ -146,15 +145,13 @@ struct Merged {
 };
 
 // The displacements of one axis's taps that touch the plane: all of them (slope), or
-// those with a non-zero value. Returns false when none does.
+// those with a non-zero value. Returns false when none does. The taps are a run from
+// a.first; only on an integer (3 taps) are the value's end taps zero.
 template <typename T>
 bool axis_span(const AxisTaps<T>& a, int size, bool values_only, int& lo, int& hi) {
-  lo = INT32_MAX, hi = INT32_MIN;
-  for (int i = 0; i < a.count; ++i) {
-    const int d = a.first + i;
-    if (!tap_hits(d, size) || (values_only && a.value[i] == T(0))) continue;
-    lo = std::min(lo, d), hi = std::max(hi, d);
-  }
+  const bool inner = values_only && a.count == 3;
+  lo = std::max(a.first + (inner ? 1 : 0), 1 - size);
+  hi = std::min(a.first + a.count - 1 - (inner ? 1 : 0), size - 1);
   return lo <= hi;
 }
 
@@ -253,19 +250,18 @@ inline typename Lanes<T>::vec read_block(const T* p, int64_t lanes) {
 
 // out[p] = init + sum over taps t of kern[t] * src[p + S * t] (S as in correlate) for G
 // adjacent output pixels of one row and one block of channels, over the tap rows
-// [i_lo, i_hi] and columns [j_lo, j_hi], all of which read inside the plane.
+// [i_lo, i_hi] and every tap column, all of which read inside the plane.
 template <int S, int G, bool Full, typename T>
-void direct_group(const T* src, const Strides& s, int oh, int ow, int i_lo, int i_hi, int j_lo, int j_hi,
-                  const T* kern, const Box& box, int64_t cpad, const typename Lanes<T>::vec& start,
-                  const Sink<T>& out) {
+void direct_group(const T* src, const Strides& s, int oh, int ow, int i_lo, int i_hi, const T* kern,
+                  const Box& box, int64_t cpad, const typename Lanes<T>::vec& start, const Sink<T>& out) {
   using V = typename Lanes<T>::vec;
   V acc[G];
   for (int q = 0; q < G; ++q) acc[q] = start;
   const int cols = box.cols();
   for (int i = i_lo; i <= i_hi; ++i) {
-    const T* k = kern + (static_cast<int64_t>(i - box.r0) * cols + (j_lo - box.c0)) * cpad;
-    const T* x = src + (oh + S * i) * s.h + (ow + S * j_lo) * s.w;
-    for (int j = j_lo; j <= j_hi; ++j, k += cpad, x += S * s.w) {
+    const T* k = kern + static_cast<int64_t>(i - box.r0) * cols * cpad;
+    const T* x = src + (oh + S * i) * s.h + (ow + S * box.c0) * s.w;
+    for (int j = box.c0; j <= box.c1; ++j, k += cpad, x += S * s.w) {
       const V kv = load_vec<V>(k);
       for (int q = 0; q < G; ++q) acc[q] += kv * read_block<T, Full>(x + q * s.w, out.lanes);
     }
@@ -303,9 +299,9 @@ void edge_group(const T* src, const Strides& s, int W, int oh, int ow, int i_lo,
 }
 
 // The merged kernel's correlation of one channels-last sample (src) into another (dst),
-// output row oh, every channel: pixels whose taps all fall inside the row go by groups of
-// up to kGroup; the others (near the left and right edges) one by one, their tap columns
-// clipped to the plane.
+// output row oh, every channel, reading src in place: pixels whose taps all fall inside the
+// row go by groups of up to kGroup, those near the left and right edges by edge groups.
+// Tap rows outside the plane are skipped (i_lo, i_hi).
 template <int S, typename T>
 void direct_row(const T* src, const Strides& s, const Geometry& g, int oh, const Merged<T>& m, const T* init,
                 T* dst, const Strides& so, typename Lanes<T>::vec* scratch) {
@@ -332,8 +328,7 @@ void direct_row(const T* src, const Strides& s, const Geometry& g, int oh, const
   };
 #define ACU_GROUP(G)                                                                                     \
   [&](auto full, const T* x, int ow, const T* k, const V& start, const Sink<T>& sink) {                      \
-    direct_group<S, G, decltype(full)::value>(x, s, oh, ow, i_lo, i_hi, box.c0, box.c1, k, box, m.cpad, start, \
-                                              sink);                                                         \
+    direct_group<S, G, decltype(full)::value>(x, s, oh, ow, i_lo, i_hi, k, box, m.cpad, start, sink);        \
   }
 #define ACU_EDGE(G)                                                                                      \
   [&](auto full, const T* x, int ow, const T* k, const V& start, const Sink<T>& sink) {                      \
@@ -373,6 +368,7 @@ void direct_row(const T* src, const Strides& s, const Geometry& g, int oh, const
     span(inner_hi + 1, W, true);
   }
 #undef ACU_GROUP
+#undef ACU_EDGE
 }
 
 // dots[(i, j)] += sum over rows h and pixels w of g[h, w] * x[h + i, w + j], for one block
