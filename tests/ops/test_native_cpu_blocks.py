@@ -19,7 +19,8 @@ from acuzoo.ops.reference import reference_active_conv2d
 
 from .test_native_cpu import TOL, assert_native_equals_reference, grads, make_args, max_err, native_grads_on_threads
 
-# (n, c_in, c_out, h, w, groups, sets, stride), all depthwise at stride 1.
+# (n, c_in, c_out, h, w, groups, sets, stride), all depthwise. Strided layers have no band
+# scheme: there the blocks always read in place, whatever the reads hook says.
 DEPTHWISE = {
     "per_channel": (2, 6, 6, 7, 8, 6, 6, 1),
     "shared_P1": (1, 4, 4, 6, 5, 4, 1, 1),
@@ -28,6 +29,10 @@ DEPTHWISE = {
     "one_pixel": (2, 5, 5, 1, 1, 5, 5, 1),
     "single_row": (1, 3, 3, 1, 19, 3, 3, 1),
     "wide_plane": (1, 3, 3, 17, 30, 3, 3, 1),  # several pixel groups per row
+    "stride2_odd": (2, 6, 6, 9, 7, 6, 6, 2),
+    "stride2_wide_tail": (1, 21, 21, 6, 27, 21, 21, 2),
+    "stride3_P1": (2, 4, 4, 10, 11, 4, 1, 3),
+    "stride_2x1": (1, 5, 5, 8, 9, 5, 5, (2, 1)),
 }
 SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
 # (blocks mode, forward reads mode)
@@ -152,7 +157,16 @@ def test_cost_rule_takes_blocks_for_compact_kernels_and_planes_for_wide_ones(ext
     assert not all(torch.equal(a, b) for a, b in zip(flat, [other[0], *other[1]]))
 
 
-def test_strided_layers_keep_the_plane_kernels(ext):
-    args = make_args((2, 6, 6, 9, 8, 6, 6, 2), 1.5, dtype=torch.float32)
-    forced, planes = _run(1, args), _run(-1, args)
-    assert all(torch.equal(a, b) for a, b in zip([forced[0], *forced[1]], [planes[0], *planes[1]]))
+@pytest.mark.parametrize(("spread", "expected"), [(None, 1), (3.5, -1)], ids=["grid_blocks", "3.5_planes"])
+def test_cost_rule_for_strided_layers(ext, spread, expected):
+    # Stride 2 on channels-last 28x28: the blocks take a compact kernel; an 11x11 box (+-3.5)
+    # reads more taps per pixel than the rule allows (64), and goes to the plane kernels.
+    x, *rest = make_args((2, 16, 16, 28, 28, 16, 16, 2), spread, dtype=torch.float32)
+    args = [x.contiguous(memory_format=CL), *rest]
+    if spread is not None:
+        args[2].copy_(args[2] + torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)]))
+    auto = _run(0, args)
+    chosen, other = _run(expected, args), _run(-expected, args)
+    flat = [auto[0], *auto[1]]
+    assert all(torch.equal(a, b) for a, b in zip(flat, [chosen[0], *chosen[1]]))
+    assert not all(torch.equal(a, b) for a, b in zip(flat, [other[0], *other[1]]))

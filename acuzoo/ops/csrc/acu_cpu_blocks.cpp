@@ -23,6 +23,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "acu_cpu_inplace.h"
 #include "acu_cpu_taps.h"
 
 namespace acu {
@@ -35,9 +36,10 @@ std::atomic<int64_t> direct_override{0};
 // See blocks_suit.
 constexpr double kMaxTapsPerPixel = 64;
 constexpr int64_t kMaxNchwPlane = 100;
-// The forward reads channels-last input in place (direct_row) when the merged kernel is
-// at most this many columns wide and leaves at least this share of a row's pixels clear
-// of the edges; otherwise it copies bands with zero borders (correlate). See direct_suits.
+// The kernels read channels-last tensors in place (acu_cpu_inplace.h) when the merged
+// kernel is at most this many columns wide and leaves at least this share of an output
+// row's pixels clear of the edges; otherwise, at stride 1, they copy bands with zero
+// borders (correlate, tap_dots). See reads_in_place.
 constexpr int kMaxDirectCols = 5;
 constexpr double kMinDirectInterior = 0.8;
 // In place, a backward task takes this many blocks of channels (of one sample range).
@@ -49,26 +51,6 @@ constexpr int64_t kSampleRanges = 8;
 constexpr int64_t kBandElements = int64_t(64) << 10;
 // The widest band: enough channels per pixel for long copies from channels-last tensors.
 constexpr int64_t kMaxBandChannels = 512;
-
-// A rectangle of integer tap offsets (dr, dc), grown tap by tap; empty at first.
-struct Box {
-  int r0 = 0, r1 = -1, c0 = 0, c1 = -1;
-  bool empty() const { return r1 < r0; }
-  int cols() const { return empty() ? 0 : c1 - c0 + 1; }
-  int64_t taps() const { return empty() ? 0 : static_cast<int64_t>(r1 - r0 + 1) * cols(); }
-  int64_t index(int dr, int dc) const { return static_cast<int64_t>(dr - r0) * cols() + (dc - c0); }
-  void extend(int dr, int dc) {
-    if (empty()) {
-      r0 = r1 = dr, c0 = c1 = dc;
-      return;
-    }
-    r0 = std::min(r0, dr), r1 = std::max(r1, dr), c0 = std::min(c0, dc), c1 = std::max(c1, dc);
-  }
-};
-
-// Output pixels computed together (one accumulator each): a tap's kernel vector is loaded
-// once per group and eight multiply-adds are in flight.
-constexpr int kGroup = 8;
 
 // A band buffer holds channels [c0, c0 + nl) of one sample by blocks of L channels (the
 // vector width): block by block, pixel by pixel, L values per pixel (the lanes past nl
@@ -114,25 +96,6 @@ void block_in(const T* src, const Strides& s, const Plane& p, int64_t nl, T* dst
     }
   }
 }
-
-// Where a block's results go: channels-last pixels s.w apart (the block's first channel
-// at `at`), `lanes` valid channels of the vector.
-template <typename T>
-struct Sink {
-  T* at;
-  Strides s;
-  int64_t lanes;
-  void put(int h, int w, const typename Lanes<T>::vec& v) const {
-    T* to = at + h * s.h + w * s.w;
-    if (lanes == Lanes<T>::n) {
-      store_vec(to, v);
-      return;
-    }
-    T tmp[Lanes<T>::n];
-    store_vec(tmp, v);
-    std::copy_n(tmp, lanes, to);
-  }
-};
 
 // The layer's synapses merged per channel: the boxes of the taps they read (value) and
 // read or differentiate (slope), and each channel's dense kernel over the value box,
@@ -234,143 +197,6 @@ void correlate(const T* src, const Plane& p, const T* kern, const Box& box, int6
   }
 }
 
-// One block of L channels read straight from a channels-last tensor; a tail block (Full
-// false) reads only its `lanes` channels (the rest zero), never past the tensor's end.
-template <typename T, bool Full>
-inline typename Lanes<T>::vec read_block(const T* p, int64_t lanes) {
-  using V = typename Lanes<T>::vec;
-  if constexpr (Full) {
-    return load_vec<V>(p);
-  } else {
-    T part[Lanes<T>::n] = {};
-    std::copy_n(p, lanes, part);
-    return load_vec<V>(part);
-  }
-}
-
-// out[p] = init + sum over taps t of kern[t] * src[p + S * t] (S as in correlate) for G
-// adjacent output pixels of one row and one block of channels, over the tap rows
-// [i_lo, i_hi] and every tap column, all of which read inside the plane.
-template <int S, int G, bool Full, typename T>
-void direct_group(const T* src, const Strides& s, int oh, int ow, int i_lo, int i_hi, const T* kern,
-                  const Box& box, int64_t cpad, const typename Lanes<T>::vec& start, const Sink<T>& out) {
-  using V = typename Lanes<T>::vec;
-  V acc[G];
-  for (int q = 0; q < G; ++q) acc[q] = start;
-  const int cols = box.cols();
-  for (int i = i_lo; i <= i_hi; ++i) {
-    const T* k = kern + static_cast<int64_t>(i - box.r0) * cols * cpad;
-    const T* x = src + (oh + S * i) * s.h + (ow + S * box.c0) * s.w;
-    for (int j = box.c0; j <= box.c1; ++j, k += cpad, x += S * s.w) {
-      const V kv = load_vec<V>(k);
-      for (int q = 0; q < G; ++q) acc[q] += kv * read_block<T, Full>(x + q * s.w, out.lanes);
-    }
-  }
-  for (int q = 0; q < G; ++q) out.put(oh, ow + q, acc[q]);
-}
-
-// direct_group for G output pixels near the left or right edge, whose taps may fall
-// outside the row: each tap row's reads are first gathered into a zero-padded run of
-// vectors (column ow + base + u at u), so that the multiply-adds read no column twice
-// and need no bounds.
-template <int S, int G, bool Full, typename T>
-void edge_group(const T* src, const Strides& s, int W, int oh, int ow, int i_lo, int i_hi, const T* kern,
-                const Box& box, int64_t cpad, const typename Lanes<T>::vec& start, const Sink<T>& out,
-                typename Lanes<T>::vec* gathered) {
-  using V = typename Lanes<T>::vec;
-  V acc[G];
-  for (int q = 0; q < G; ++q) acc[q] = start;
-  const int cols = box.cols(), run = G + cols - 1;
-  const int base = S > 0 ? box.c0 : -box.c1;
-  for (int i = i_lo; i <= i_hi; ++i) {
-    const T* row = src + (oh + S * i) * s.h;
-    for (int u = 0; u < run; ++u) {
-      const int col = ow + base + u;
-      gathered[u] = col >= 0 && col < W ? read_block<T, Full>(row + col * s.w, out.lanes) : V{};
-    }
-    const T* k = kern + static_cast<int64_t>(i - box.r0) * cols * cpad;
-    for (int j = box.c0; j <= box.c1; ++j, k += cpad) {
-      const V kv = load_vec<V>(k);
-      const int shift = S > 0 ? j - box.c0 : box.c1 - j;
-      for (int q = 0; q < G; ++q) acc[q] += kv * gathered[q + shift];
-    }
-  }
-  for (int q = 0; q < G; ++q) out.put(oh, ow + q, acc[q]);
-}
-
-// The merged kernel's correlation of one channels-last sample (src) into another (dst),
-// output row oh, every channel, reading src in place: pixels whose taps all fall inside the
-// row go by groups of up to kGroup, those near the left and right edges by edge groups.
-// Tap rows outside the plane are skipped (i_lo, i_hi).
-template <int S, typename T>
-void direct_row(const T* src, const Strides& s, const Geometry& g, int oh, const Merged<T>& m, const T* init,
-                T* dst, const Strides& so, typename Lanes<T>::vec* scratch) {
-  using V = typename Lanes<T>::vec;
-  constexpr int64_t L = Lanes<T>::n;
-  const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
-  const Box& box = m.value;
-  const int64_t C = g.c_out;
-  const int i_lo = S > 0 ? std::max(box.r0, -oh) : std::max(box.r0, oh - H + 1);
-  const int i_hi = S > 0 ? std::min(box.r1, H - 1 - oh) : std::min(box.r1, oh);
-  const int inner_lo = S > 0 ? std::max(0, -box.c0) : std::max(0, box.c1);
-  const int inner_hi = S > 0 ? std::min(W - 1, W - 1 - box.c1) : std::min(W - 1, W - 1 + box.c0);
-  auto blocks = [&](auto group, int ow) {
-    for (int64_t c = 0; c < C; c += L) {
-      const V start = init ? load_vec<V>(init + c) : V{};
-      const Sink<T> sink{dst + c, so, std::min(L, C - c)};
-      const T* k = m.kernel.data() + c;
-      if (C - c >= L) {
-        group(std::true_type{}, src + c, ow, k, start, sink);
-      } else {
-        group(std::false_type{}, src + c, ow, k, start, sink);
-      }
-    }
-  };
-#define ACU_GROUP(G)                                                                                     \
-  [&](auto full, const T* x, int ow, const T* k, const V& start, const Sink<T>& sink) {                      \
-    direct_group<S, G, decltype(full)::value>(x, s, oh, ow, i_lo, i_hi, k, box, m.cpad, start, sink);        \
-  }
-#define ACU_EDGE(G)                                                                                      \
-  [&](auto full, const T* x, int ow, const T* k, const V& start, const Sink<T>& sink) {                      \
-    edge_group<S, G, decltype(full)::value>(x, s, W, oh, ow, i_lo, i_hi, k, box, m.cpad, start, sink,        \
-                                            scratch);                                                       \
-  }
-  // Pixels [from, to) by groups of up to kGroup, edge groups or not.
-  auto span = [&](int from, int to, bool edge) {
-    for (int ow = from; ow < to;) {
-      const int n = std::min(kGroup, to - ow);
-      switch (n + (edge ? kGroup : 0)) {
-        case 1: blocks(ACU_GROUP(1), ow); break;
-        case 2: blocks(ACU_GROUP(2), ow); break;
-        case 3: blocks(ACU_GROUP(3), ow); break;
-        case 4: blocks(ACU_GROUP(4), ow); break;
-        case 5: blocks(ACU_GROUP(5), ow); break;
-        case 6: blocks(ACU_GROUP(6), ow); break;
-        case 7: blocks(ACU_GROUP(7), ow); break;
-        case kGroup: blocks(ACU_GROUP(kGroup), ow); break;
-        case kGroup + 1: blocks(ACU_EDGE(1), ow); break;
-        case kGroup + 2: blocks(ACU_EDGE(2), ow); break;
-        case kGroup + 3: blocks(ACU_EDGE(3), ow); break;
-        case kGroup + 4: blocks(ACU_EDGE(4), ow); break;
-        case kGroup + 5: blocks(ACU_EDGE(5), ow); break;
-        case kGroup + 6: blocks(ACU_EDGE(6), ow); break;
-        case kGroup + 7: blocks(ACU_EDGE(7), ow); break;
-        default: blocks(ACU_EDGE(kGroup), ow); break;
-      }
-      ow += n;
-    }
-  };
-  if (inner_lo > inner_hi) {
-    span(0, W, true);
-  } else {
-    span(0, inner_lo, true);
-    span(inner_lo, inner_hi + 1, false);
-    span(inner_hi + 1, W, true);
-  }
-#undef ACU_GROUP
-#undef ACU_EDGE
-}
-
 // dots[(i, j)] += sum over rows h and pixels w of g[h, w] * x[h + i, w + j], for one block
 // of L channels and J adjacent tap columns j0 .. j0 + J - 1 at once (one accumulator each).
 template <int J, typename T>
@@ -414,77 +240,35 @@ void tap_dots(const T* g, const T* x, const Plane& p, const Box& box, T* dots) {
   }
 }
 
-// acc[q] += sum over pixels w of g[w] * x[w + j0 + q], q < J, for one row of one block read
-// straight from channels-last tensors (g at row h, x at row h + i, pixels s.w apart): the
-// pixels whose J columns all fall inside the row together, the few near the ends column
-// by column.
-template <int J, bool Full, typename T>
-void direct_row_dots(const T* g, const T* x, int64_t sw, int W, int j0, int64_t lanes, T* acc) {
-  using V = typename Lanes<T>::vec;
-  constexpr int64_t L = Lanes<T>::n;
-  V a[J];
-  for (int q = 0; q < J; ++q) a[q] = V{};
-  const int lo = std::max(0, -(j0 + J - 1)), hi = std::min(W, W - j0);  // some column inside
-  const int in_lo = std::max(lo, -j0), in_hi = std::max(in_lo, std::min(hi, W - (j0 + J - 1)));  // all inside
-  auto partial = [&](int w) {
-    const V gv = read_block<T, Full>(g + w * sw, lanes);
-    for (int q = 0; q < J; ++q) {
-      const int col = w + j0 + q;
-      if (col >= 0 && col < W) a[q] += gv * read_block<T, Full>(x + col * sw, lanes);
-    }
-  };
-  for (int w = lo; w < in_lo; ++w) partial(w);
-  const T* gp = g + in_lo * sw;
-  const T* xp = x + (in_lo + j0) * sw;
-  for (int w = in_lo; w < in_hi; ++w, gp += sw, xp += sw) {
-    const V gv = read_block<T, Full>(gp, lanes);
-    for (int q = 0; q < J; ++q) a[q] += gv * read_block<T, Full>(xp + q * sw, lanes);
-  }
-  for (int w = std::max(in_hi, in_lo); w < hi; ++w) partial(w);
-  for (int q = 0; q < J; ++q) store_vec(acc + q * L, load_vec<V>(acc + q * L) + a[q]);
-}
-
-// dots[t] += sum over pixels p of g[p] * x[p + t] for every tap t of the box, one output
-// row h of one block of channels read in place (x zero outside the plane).
-template <bool Full, typename T>
-void direct_tap_dots(const T* g, const T* x, const Strides& s, const Geometry& geo, int h, const Box& box,
-                     int64_t lanes, T* dots) {
-  constexpr int64_t L = Lanes<T>::n;
-  const int H = static_cast<int>(geo.height), W = static_cast<int>(geo.width);
-  const T* g_row = g + h * s.h;
-  for (int i = std::max(box.r0, -h); i <= std::min(box.r1, H - 1 - h); ++i) {
-    const T* x_row = x + (h + i) * s.h;
-    for (int j0 = box.c0; j0 <= box.c1; j0 += kGroup) {
-      T* d = dots + box.index(i, j0) * L;
-      switch (std::min(kGroup, box.c1 - j0 + 1)) {
-        case 1: direct_row_dots<1, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-        case 2: direct_row_dots<2, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-        case 3: direct_row_dots<3, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-        case 4: direct_row_dots<4, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-        case 5: direct_row_dots<5, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-        case 6: direct_row_dots<6, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-        case 7: direct_row_dots<7, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-        default: direct_row_dots<kGroup, Full>(g_row, x_row, s.w, W, j0, lanes, d); break;
-      }
-    }
-  }
-}
-
 // The kernels run channels-last: a pixel's band of channels is one run to copy. Other
 // layouts are transposed once by ATen (much faster than strided copies per band).
 at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
 
-// Whether the forward reads its input in place. In place saves the band copy (the larger
-// part of the time at init on 14x14 and up), but a pixel near the left or right edge
-// gathers its taps into a zero-padded run, once per output row: at wide kernels on
-// narrow planes that costs more than the copy. bench: C384 14x14 3 columns 0.83 vs
-// 0.96 ms (band), 5 columns 1.71 vs 1.29 ms; C192 28x28 5 columns 2.35 vs 2.63 ms;
-// C144 56x56 7 columns 17.7 vs 14.8 ms.
-bool direct_suits(const Box& value, const Geometry& g) {
+// How many pixels of an output row (Wo of them) read only inside the input row.
+int inner_pixels(const Box& value, const Geometry& g) {
+  const int sc = static_cast<int>(g.stride_w), W = static_cast<int>(g.width);
+  const int lo = std::max(0, ceil_div(-value.c0, sc));
+  const int hi = std::min(static_cast<int>(g.out_w) - 1, floor_div(W - 1 - value.c1, sc));
+  return std::max(0, hi - lo + 1);
+}
+
+// Whether a narrow kernel reads in place well: in place saves the band copies (the larger
+// part of the time at init on 14x14 and up), but pixels near the left and right edges
+// gather their taps into zero-padded runs, once per output row, which at wide kernels on
+// narrow planes costs more than the copies. bench/depthwise_kernels.py (bench/RESULTS.md),
+// forward: C384 14x14, 3 columns 0.83 vs 0.96 ms (bands), 5 columns 1.71 vs 1.29 ms;
+// C192 28x28, 5 columns 2.35 vs 2.63 ms; C144 56x56, 7 columns 17.7 vs 14.8 ms.
+bool narrow_enough(const Box& value, const Geometry& g) {
+  return value.cols() <= kMaxDirectCols &&
+         inner_pixels(value, g) >= kMinDirectInterior * static_cast<double>(g.out_w);
+}
+
+// In place or by bands (stride 1 only; strided layers always read in place).
+bool reads_in_place(const Box& value, const Geometry& g) {
+  if (g.stride_h != 1 || g.stride_w != 1) return true;
   const int64_t mode = direct_override.load();
   if (mode != 0) return mode > 0;
-  const int cols = value.cols();
-  return cols <= kMaxDirectCols && g.width - cols + 1 >= kMinDirectInterior * static_cast<double>(g.width);
+  return narrow_enough(value, g);
 }
 
 }  // namespace
@@ -493,15 +277,18 @@ void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
 void set_direct_mode(int64_t mode) { direct_override.store(mode); }
 
 bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
-  if (!is_depthwise(g) || g.stride_h != 1 || g.stride_w != 1) return false;
+  if (!is_depthwise(g)) return false;
   const int64_t mode = mode_override.load();
   if (mode != 0) return mode > 0;
+
   // Each kernel works in its own format (blocks channels-last, planes NCHW) and pays two
   // transposes for the other. The merged kernel costs its whole box at every pixel (less
   // the rows and columns that fall off the plane); the plane kernels cost each synapse's
   // own taps on planes padded by the box, and run long rows well. bench/depthwise_kernels.py
   // (bench/RESULTS.md): on channels-last input blocks win up to ~64 taps per pixel, on
   // every MobileNetV2 plane; on NCHW input they win on 7x7 and lose on 14x14 and larger.
+  // Strided layers read in place even with wide kernels: on channels-last input the plane
+  // kernels' transposes cost far more (C96 112x112 stride 2 at +-3: 57 vs 197 ms).
   if (!is_channels_last(input) && g.height * g.width > kMaxNchwPlane) return false;
   bool fits = false;
   AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "acu_blocks_suit", [&] {
@@ -520,7 +307,8 @@ bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tenso
 at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, const at::Tensor& positions,
                           const std::optional<at::Tensor>& bias, const Geometry& g) {
   const at::Tensor input = channels_last(input_);
-  at::Tensor out = at::empty_like(input);
+  at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w},
+                             input.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_blocks_forward_cpu", [&] {
     using T = scalar_t;
     constexpr int64_t L = Lanes<T>::n;
@@ -528,21 +316,27 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
     const Merged<T> m = merge(taps, weight.const_data_ptr<T>(), g, L, true);
     std::vector<T> bias_lanes(bias.has_value() ? m.cpad : 0, T(0));
     if (bias.has_value()) std::copy_n(bias->const_data_ptr<T>(), g.c_out, bias_lanes.begin());
-    const int64_t C = g.c_out, band = band_channels(g, L), bands = (C + band - 1) / band;
+    const T* init = bias_lanes.empty() ? nullptr : bias_lanes.data();
+    const int64_t C = g.c_out;
     const Strides li = sample_strides(input), lo = sample_strides(out);
     const T* x = input.const_data_ptr<T>();
     T* y = out.mutable_data_ptr<T>();
-    if (direct_suits(m.value, g)) {
-      at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
-        std::vector<typename Lanes<T>::vec> scratch(kGroup + m.value.cols());
+    if (reads_in_place(m.value, g)) {
+      const TapKernel<T> k{m.value, m.cpad, m.kernel.data()};
+      const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+      const int sh = static_cast<int>(g.stride_h), sw = static_cast<int>(g.stride_w);
+      at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+        auto scratch = edge_scratch<T>(k.box, sw);
         for (int64_t r = begin; r < end; ++r) {
-          const int64_t n = r / g.height;
-          direct_row<1>(x + n * input.stride(0), li, g, static_cast<int>(r % g.height), m,
-                        bias_lanes.empty() ? nullptr : bias_lanes.data(), y + n * out.stride(0), lo, scratch.data());
+          const int64_t n = r / g.out_h;
+          const Reads<T> in{x + n * input.stride(0), li, H, W, sh, sw};
+          correlate_in_place(in, k, static_cast<int>(r % g.out_h), static_cast<int>(g.out_w), C, init,
+                             y + n * out.stride(0), lo, scratch.data());
         }
       });
       return;
     }
+    const int64_t band = band_channels(g, L), bands = (C + band - 1) / band;
     at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
       const Plane p{static_cast<int>(g.height), static_cast<int>(g.width)};
       const int64_t step = p.pixels() * L;
@@ -553,7 +347,7 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
         for (int64_t b = 0; b < nl; b += L) {
           const Sink<T> sink{y + n * out.stride(0) + c0 + b, lo, std::min(L, nl - b)};
           correlate<1>(xb.data() + b / L * step, p, m.kernel.data() + c0 + b, m.value, m.cpad,
-                       bias_lanes.empty() ? nullptr : bias_lanes.data() + c0 + b, sink);
+                       init ? init + c0 + b : nullptr, sink);
         }
       }
     });
@@ -569,12 +363,13 @@ template <typename T>
 struct Backward {
   const Geometry& g;
   const Merged<T>& m;
-  const T *go, *x;  // grad_out and input, channels-last
-  T* gx;            // grad_input, channels-last, or null
-  Strides s;        // of all three (one shape, one layout)
-  int64_t sample;   // elements per sample
+  const T* go;  // grad_out
+  const T* x;   // input
+  T* gx;        // grad_input (input's shape), or null
+  Strides sg, sx;
+  int64_t sample_g, sample_x;  // elements per sample
   int64_t n_taps, per_range, ranges;
-  T* dots;          // null when the sums are not wanted
+  T* dots;  // null when the sums are not wanted
   int64_t samples_end(int64_t r) const { return std::min(g.batch, (r + 1) * per_range); }
   // A task's accumulators (nl channels from c0, n_taps vectors per block) into dots.
   void publish(const T* acc, int64_t r, int64_t c0, int64_t nl) const {
@@ -587,20 +382,32 @@ struct Backward {
   }
 };
 
-// In place: the input gradient by output rows; the dots by (sample range, chunk of
-// blocks), rows and blocks in a fixed order within each task.
+// In place: the input gradient by input rows, as the stride classes' correlations of
+// grad_out; the dots by (sample range, chunk of blocks), rows and blocks in a fixed order
+// within each task.
 template <typename T>
 void backward_in_place(const Backward<T>& job) {
   constexpr int64_t L = Lanes<T>::n;
   const Geometry& g = job.g;
   const int64_t C = g.c_out;
+  const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+  const int Ho = static_cast<int>(g.out_h), Wo = static_cast<int>(g.out_w);
+  const int sh = static_cast<int>(g.stride_h), sw = static_cast<int>(g.stride_w);
   if (job.gx) {
+    std::vector<T> storage;
+    const auto classes = stride_classes(TapKernel<T>{job.m.value, job.m.cpad, job.m.kernel.data()}, sh, sw, storage);
+    const Strides strided{job.sx.c, sh * job.sx.h, sw * job.sx.w};
     at::parallel_for(0, g.batch * g.height, 1, [&](int64_t begin, int64_t end) {
-      std::vector<typename Lanes<T>::vec> scratch(kGroup + job.m.value.cols());
+      auto scratch = edge_scratch<T>(job.m.value, 1);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.height;
-        direct_row<-1>(job.go + n * job.sample, job.s, g, static_cast<int>(r % g.height), job.m,
-                       static_cast<const T*>(nullptr), job.gx + n * job.sample, job.s, scratch.data());
+        const int u = static_cast<int>(r % g.height), pr = u % sh, a = u / sh;
+        const Reads<T> in{job.go + n * job.sample_g, job.sg, Ho, Wo, 1, 1};
+        for (int pc = 0; pc < sw && pc < W; ++pc) {
+          T* dst = job.gx + n * job.sample_x + pr * job.sx.h + pc * job.sx.w;
+          correlate_in_place(in, classes[pr * sw + pc], a, ceil_div(W - pc, sw), C, static_cast<const T*>(nullptr),
+                             dst, strided, scratch.data());
+        }
       }
     });
   }
@@ -612,15 +419,16 @@ void backward_in_place(const Backward<T>& job) {
       const int64_t r = item / chunks, c0 = (item % chunks) * chunk, nl = std::min(chunk, C - c0);
       std::fill(acc.begin(), acc.end(), T(0));
       for (int64_t n = r * job.per_range; n < job.samples_end(r); ++n) {
-        const T* gn = job.go + n * job.sample + c0;
-        const T* xn = job.x + n * job.sample + c0;
-        for (int h = 0; h < g.height; ++h) {
+        const T* gn = job.go + n * job.sample_g + c0;
+        const T* xn = job.x + n * job.sample_x + c0;
+        for (int h = 0; h < Ho; ++h) {
           for (int64_t b = 0; b < nl; b += L) {
             T* d = acc.data() + b * job.n_taps;
+            const Reads<T> xr{xn + b, job.sx, H, W, sh, sw};
             if (nl - b >= L) {
-              direct_tap_dots<true>(gn + b, xn + b, job.s, g, h, job.m.slope, L, d);
+              inplace_tap_dots<true>(gn + b, job.sg, Wo, xr, h, job.m.slope, L, d);
             } else {
-              direct_tap_dots<false>(gn + b, xn + b, job.s, g, h, job.m.slope, nl - b, d);
+              inplace_tap_dots<false>(gn + b, job.sg, Wo, xr, h, job.m.slope, nl - b, d);
             }
           }
         }
@@ -630,12 +438,14 @@ void backward_in_place(const Backward<T>& job) {
   });
 }
 
-// By bands: a task owns a band of channels for one sample range and copies each sample's
-// band of grad_out (and input) into zero-bordered buffers shared by both gradients.
+// By bands (stride 1): a task owns a band of channels for one sample range and copies each
+// sample's band of grad_out (and input) into zero-bordered buffers shared by both
+// gradients.
 template <typename T>
 void backward_by_bands(const Backward<T>& job) {
   constexpr int64_t L = Lanes<T>::n;
   const Geometry& g = job.g;
+  TORCH_INTERNAL_ASSERT(g.stride_h == 1 && g.stride_w == 1 && job.sample_g == job.sample_x);
   const int64_t C = g.c_out, band = band_channels(g, L), bands = (C + band - 1) / band;
   at::parallel_for(0, bands * job.ranges, 1, [&](int64_t begin, int64_t end) {
     const Plane p{static_cast<int>(g.height), static_cast<int>(g.width)};
@@ -645,12 +455,12 @@ void backward_by_bands(const Backward<T>& job) {
       const int64_t c0 = (item / job.ranges) * band, r = item % job.ranges, nl = std::min(band, C - c0);
       std::fill(acc.begin(), acc.end(), T(0));
       for (int64_t n = r * job.per_range; n < job.samples_end(r); ++n) {
-        block_in(job.go + n * job.sample + c0, job.s, p, nl, gb.data());
-        if (job.dots) block_in(job.x + n * job.sample + c0, job.s, p, nl, xb.data());
+        block_in(job.go + n * job.sample_g + c0, job.sg, p, nl, gb.data());
+        if (job.dots) block_in(job.x + n * job.sample_x + c0, job.sx, p, nl, xb.data());
         for (int64_t b = 0; b < nl; b += L) {
           const T* gblock = gb.data() + b / L * step;
           if (job.gx) {
-            const Sink<T> sink{job.gx + n * job.sample + c0 + b, job.s, std::min(L, nl - b)};
+            const Sink<T> sink{job.gx + n * job.sample_x + c0 + b, job.sx, std::min(L, nl - b)};
             correlate<-1>(gblock, p, job.m.kernel.data() + c0 + b, job.m.value, job.m.cpad,
                           static_cast<const T*>(nullptr), sink);
           }
@@ -668,13 +478,13 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
                                                    const at::Tensor& weight, const at::Tensor& positions,
                                                    const Geometry& g, bool need_x, bool need_sums) {
   const at::Tensor grad_out = channels_last(grad_out_);
-  // The input is read only for the sums; the same layout as grad_out either way.
-  const at::Tensor input = need_sums ? channels_last(input_) : grad_out;
-  at::Tensor gx = need_x ? at::empty_like(grad_out) : at::Tensor();
-  TORCH_INTERNAL_ASSERT(input.strides() == grad_out.strides(), "acuzoo: blocks expect one layout");
+  const auto cl = grad_out.options().memory_format(at::MemoryFormat::ChannelsLast);
+  // The input is read only for the sums; its gradient takes its shape.
+  const at::Tensor input = need_sums ? channels_last(input_) : at::empty({0, 0, 0, 0}, cl);
+  at::Tensor gx = need_x ? at::empty(input_.sizes(), cl) : at::Tensor();
   const int64_t C = g.c_out, K = g.synapses;
-  at::Tensor sums = need_sums ? at::zeros({C, K, 3}, input.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_blocks_backward_cpu", [&] {
+  at::Tensor sums = need_sums ? at::zeros({C, K, 3}, grad_out.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "acu_blocks_backward_cpu", [&] {
     using T = scalar_t;
     constexpr int64_t L = Lanes<T>::n;
     const auto taps = all_taps<T>(positions);
@@ -684,18 +494,22 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const int64_t per_range = (g.batch + kSampleRanges - 1) / kSampleRanges;
     const int64_t ranges = (g.batch + per_range - 1) / per_range;
     std::vector<T> dots(static_cast<size_t>(ranges * n_taps * m.cpad));
+    // Input and its gradient: one shape, both channels-last and contiguous.
+    const at::Tensor& x_like = need_sums ? input : gx;
     const Backward<T> job{g,
                           m,
                           grad_out.const_data_ptr<T>(),
-                          input.const_data_ptr<T>(),
+                          need_sums ? input.const_data_ptr<T>() : nullptr,
                           need_x ? gx.mutable_data_ptr<T>() : nullptr,
                           sample_strides(grad_out),
+                          sample_strides(x_like),
                           grad_out.stride(0),
+                          x_like.stride(0),
                           n_taps,
                           per_range,
                           ranges,
                           need_sums ? dots.data() : nullptr};
-    if (direct_suits(m.value, g)) {
+    if (reads_in_place(m.value, g)) {
       backward_in_place(job);
     } else {
       backward_by_bands(job);
