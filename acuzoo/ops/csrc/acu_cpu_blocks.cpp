@@ -37,11 +37,10 @@ std::atomic<int64_t> direct_override{0};
 constexpr double kMaxTapsPerPixel = 64;
 constexpr int64_t kMaxNchwPlane = 100;
 // The kernels read channels-last tensors in place (acu_cpu_inplace.h) when the merged
-// kernel is at most this many columns wide and leaves at least this share of an output
-// row's pixels clear of the edges; otherwise, at stride 1, they copy bands with zero
-// borders (correlate, tap_dots). See reads_in_place.
-constexpr int kMaxDirectCols = 5;
-constexpr double kMinDirectInterior = 0.8;
+// kernel leaves at least this share of an output row's pixels clear of the edges;
+// otherwise, at stride 1, they copy bands with zero borders (correlate, tap_dots). See
+// reads_in_place.
+constexpr double kMinInPlaceInterior = 0.75;
 // In place, a backward task takes this many blocks of channels (of one sample range).
 constexpr int64_t kDotsChunk = 8;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
@@ -162,6 +161,21 @@ Merged<T> merge(const std::vector<AxisTaps<T>>& taps, const T* w, const Geometry
   return m;
 }
 
+// One row of N taps for a group of kGroup pixels, its run of kGroup + N - 1 input pixels
+// loaded once into registers (adjacent pixels share N - 1 of their reads).
+template <int N, int S, typename T>
+inline void window_taps(const T* run, const T* k, int64_t cpad, typename Lanes<T>::vec* acc) {
+  using V = typename Lanes<T>::vec;
+  constexpr int64_t L = Lanes<T>::n;
+  V xv[kGroup + N - 1];
+  for (int t = 0; t < kGroup + N - 1; ++t) xv[t] = load_vec<V>(run + t * L);
+  for (int j = 0; j < N; ++j) {
+    const V kv = load_vec<V>(k + j * cpad);
+    const int shift = S > 0 ? j : N - 1 - j;
+    for (int q = 0; q < kGroup; ++q) acc[q] += kv * xv[q + shift];
+  }
+}
+
 // out[p] = init + sum over the box's taps t of kern[t] * src[p + S * t], for one block of
 // L channels (src zero outside the plane; kern's taps cpad apart). S = +1 is the forward
 // read, S = -1 its transpose (the input gradient). Pixels go by groups of kGroup; a group
@@ -183,12 +197,22 @@ void correlate(const T* src, const Plane& p, const T* kern, const Box& box, int6
       const int j_hi = S > 0 ? std::min(box.c1, p.W - 1 - ow) : std::min(box.c1, last);
       V acc[kGroup];
       for (int q = 0; q < kGroup; ++q) acc[q] = start;
+      const int n = j_hi - j_lo + 1;
       for (int i = i_lo; i <= i_hi; ++i) {
         const T* k = kern + (static_cast<int64_t>(i - box.r0) * cols + (j_lo - box.c0)) * cpad;
-        const T* x = src + p.pixel(oh + S * i, ow + S * j_lo) * L;
-        for (int j = j_lo; j <= j_hi; ++j, k += cpad, x += S * L) {
-          const V kv = load_vec<V>(k);
-          for (int q = 0; q < kGroup; ++q) acc[q] += kv * load_vec<V>(x + q * L);
+        // The run of input pixels this row of taps reads for the whole group, leftmost first.
+        const T* run = src + p.pixel(oh + S * i, ow + (S > 0 ? j_lo : -j_hi)) * L;
+        switch (n) {
+          case 3: window_taps<3, S>(run, k, cpad, acc); break;
+          case 5: window_taps<5, S>(run, k, cpad, acc); break;
+          case 7: window_taps<7, S>(run, k, cpad, acc); break;
+          default: {
+            const T* x = src + p.pixel(oh + S * i, ow + S * j_lo) * L;
+            for (int j = j_lo; j <= j_hi; ++j, k += cpad, x += S * L) {
+              const V kv = load_vec<V>(k);
+              for (int q = 0; q < kGroup; ++q) acc[q] += kv * load_vec<V>(x + q * L);
+            }
+          }
         }
       }
       const int stored = std::min(kGroup, p.W - ow);
@@ -252,15 +276,14 @@ int inner_pixels(const Box& value, const Geometry& g) {
   return std::max(0, hi - lo + 1);
 }
 
-// Whether a narrow kernel reads in place well: in place saves the band copies (the larger
-// part of the time at init on 14x14 and up), but pixels near the left and right edges
-// gather their taps into zero-padded runs, once per output row, which at wide kernels on
-// narrow planes costs more than the copies. bench/depthwise_kernels.py (bench/RESULTS.md),
-// forward: C384 14x14, 3 columns 0.83 vs 0.96 ms (bands), 5 columns 1.71 vs 1.29 ms;
-// C192 28x28, 5 columns 2.35 vs 2.63 ms; C144 56x56, 7 columns 17.7 vs 14.8 ms.
+// Whether the kernel reads in place well: in place saves the band copies, but pixels near
+// the left and right edges gather their taps into zero-padded runs, once per output row,
+// which costs more than the copies when they are many. bench/depthwise_kernels.py
+// (bench/RESULTS.md), forward+backward, channels-last, in place vs bands: 960x7 (edges
+// 2/7 to 6/7 of a row) 2.70 vs 2.32 ms at init; 384x14 at +-1.5 (4/14) 4.48 vs 3.37 ms;
+// 192x28 at +-3 (6/28) 12.0 vs 13.2 ms; 144x56 at +-1.5 (4/56) 36.3 vs 46.1 ms.
 bool narrow_enough(const Box& value, const Geometry& g) {
-  return value.cols() <= kMaxDirectCols &&
-         inner_pixels(value, g) >= kMinDirectInterior * static_cast<double>(g.out_w);
+  return inner_pixels(value, g) >= kMinInPlaceInterior * static_cast<double>(g.out_w);
 }
 
 // In place or by bands (stride 1 only; strided layers always read in place).
