@@ -37,10 +37,11 @@ std::atomic<int64_t> direct_override{0};
 constexpr double kMaxTapsPerPixel = 64;
 constexpr int64_t kMaxNchwPlane = 100;
 // The kernels read channels-last tensors in place (acu_cpu_inplace.h) when the merged
-// kernel leaves at least this share of an output row's pixels clear of the edges;
-// otherwise, at stride 1, they copy bands with zero borders (correlate, tap_dots). See
-// reads_in_place.
-constexpr double kMinInPlaceInterior = 0.75;
+// kernel is at most this many columns wide and leaves at least this share of an output
+// row's pixels clear of the edges; otherwise, at stride 1, they copy bands with zero
+// borders (correlate, tap_dots). See reads_in_place.
+constexpr int kMaxInPlaceCols = 5;
+constexpr double kMinInPlaceInterior = 0.8;
 // In place, a backward task takes this many blocks of channels (of one sample range).
 constexpr int64_t kDotsChunk = 8;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
@@ -278,12 +279,13 @@ int inner_pixels(const Box& value, const Geometry& g) {
 
 // Whether the kernel reads in place well: in place saves the band copies, but pixels near
 // the left and right edges gather their taps into zero-padded runs, once per output row,
-// which costs more than the copies when they are many. bench/depthwise_kernels.py
-// (bench/RESULTS.md), forward+backward, channels-last, in place vs bands: 960x7 (edges
-// 2/7 to 6/7 of a row) 2.70 vs 2.32 ms at init; 384x14 at +-1.5 (4/14) 4.48 vs 3.37 ms;
-// 192x28 at +-3 (6/28) 12.0 vs 13.2 ms; 144x56 at +-1.5 (4/56) 36.3 vs 46.1 ms.
+// which costs more than the copies when they are many; and the band rows of 7 taps run
+// from registers. bench/depthwise_kernels.py (bench/RESULTS.md), forward+backward,
+// channels-last, in place vs bands: 384x14 init 2.94 vs 3.18 ms, at +-1.5 4.45 vs 3.32;
+// 960x7 init 2.78 vs 2.33; 144x56 at +-1.5 34.3 vs 39.7, at +-3 52.5 vs 46.7.
 bool narrow_enough(const Box& value, const Geometry& g) {
-  return inner_pixels(value, g) >= kMinInPlaceInterior * static_cast<double>(g.out_w);
+  return value.cols() <= kMaxInPlaceCols &&
+         inner_pixels(value, g) >= kMinInPlaceInterior * static_cast<double>(g.out_w);
 }
 
 // In place or by bands (stride 1 only; strided layers always read in place).
