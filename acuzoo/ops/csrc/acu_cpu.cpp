@@ -38,7 +38,6 @@ inline PlaneShape plane_shape(const Geometry& g) {
 // n >= out_w of each padded row are scratch: never copied out, and the output gradient is
 // zero there, so they add nothing to dots and scatters.
 
-inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 inline int mod_pos(int a, int b) { return a - floor_div(a, b) * b; }
 
 struct PhaseBox {
@@ -346,7 +345,7 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
 struct CpuBackend {
   // Grouped/shared layers run by cache-sized tiles where they suit (acu_cpu_tiles.cpp).
   static constexpr bool kTiles = true;
-  // Stride-1 depthwise layers with compact synapse sets run by channel blocks (acu_cpu_blocks.cpp).
+  // Depthwise layers with compact merged kernels run by channel blocks (acu_cpu_blocks.cpp).
   static constexpr bool kBlocks = true;
   static bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
     return acu::blocks_suit(g, positions, input);

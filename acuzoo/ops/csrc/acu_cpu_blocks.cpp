@@ -10,9 +10,11 @@
 // kernel's gradient (one dot of the output gradient with each offset read, over the box
 // of every tap a synapse reads or differentiates), then turns those dots into the weight
 // and position sums with the synapses' bilinear value and slope weights.
-// Work goes by bands of channels sized to stay in L2 with their zero borders: a forward
-// task is (sample, band); a backward task owns a band for a fixed range of samples, and
-// those ranges' dots are added in order: bitwise reproducible for any thread count.
+// Two schemes (reads_in_place): narrow kernels read the channels-last tensors in place,
+// at any stride (acu_cpu_inplace.h); wide ones at stride 1 copy bands of channels, sized
+// to stay in L2 with their zero borders. Either way a backward task owns some channels for
+// a fixed range of samples, and those ranges' dots are added in order: bitwise
+// reproducible for any thread count.
 #include "acu_cpu_blocks.h"
 
 #include <ATen/Parallel.h>
@@ -30,7 +32,7 @@ namespace acu {
 namespace {
 
 std::atomic<int64_t> mode_override{0};
-std::atomic<int64_t> direct_override{0};
+std::atomic<int64_t> in_place_override{0};
 // Layers whose merged kernel reads at most this many taps per pixel (on average over the
 // plane) go by channel blocks; NCHW inputs only on planes up to kMaxNchwPlane pixels.
 // See blocks_suit.
@@ -291,7 +293,7 @@ bool narrow_enough(const Box& value, const Geometry& g) {
 // In place or by bands (stride 1 only; strided layers always read in place).
 bool reads_in_place(const Box& value, const Geometry& g) {
   if (g.stride_h != 1 || g.stride_w != 1) return true;
-  const int64_t mode = direct_override.load();
+  const int64_t mode = in_place_override.load();
   if (mode != 0) return mode > 0;
   return narrow_enough(value, g);
 }
@@ -299,13 +301,12 @@ bool reads_in_place(const Box& value, const Geometry& g) {
 }  // namespace
 
 void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
-void set_direct_mode(int64_t mode) { direct_override.store(mode); }
+void set_in_place_mode(int64_t mode) { in_place_override.store(mode); }
 
 bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
   if (!is_depthwise(g)) return false;
   const int64_t mode = mode_override.load();
   if (mode != 0) return mode > 0;
-
   // Each kernel works in its own format (blocks channels-last, planes NCHW) and pays two
   // transposes for the other. The merged kernel costs its whole box at every pixel (less
   // the rows and columns that fall off the plane); the plane kernels cost each synapse's
@@ -566,8 +567,9 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
 
 }  // namespace acu
 
-// Test hook: force the channel-block kernels on or off, so tests cover both on any plane.
+// Test hooks: force the channel-block kernels on or off, and their reads in place or by
+// bands, so that tests cover every scheme on any plane.
 TORCH_LIBRARY_FRAGMENT(acuzoo, m) {
   m.def("_set_cpu_depthwise_blocks(int mode) -> ()", &acu::set_blocks_mode);
-  m.def("_set_cpu_blocks_direct(int mode) -> ()", &acu::set_direct_mode);
+  m.def("_set_cpu_blocks_direct(int mode) -> ()", &acu::set_in_place_mode);
 }

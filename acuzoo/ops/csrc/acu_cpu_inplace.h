@@ -37,9 +37,6 @@ struct Box {
 // once per group and eight multiply-adds are in flight.
 constexpr int kGroup = 8;
 
-inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-inline int ceil_div(int a, int b) { return -floor_div(-a, b); }
-
 // One block of L channels read from a channels-last tensor; a tail block (Full false)
 // reads only its `lanes` channels (the rest zero), never past the tensor's end.
 template <typename T, bool Full>

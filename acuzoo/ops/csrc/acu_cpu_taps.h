@@ -38,6 +38,10 @@ struct Strides {
 
 inline Strides sample_strides(const at::Tensor& t) { return {t.stride(1), t.stride(2), t.stride(3)}; }
 
+// Integer division rounding down (up) for any sign of a, b > 0.
+inline int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int ceil_div(int a, int b) { return -floor_div(-a, b); }
+
 // A tap at displacement d touches the plane for some output (stride 1) only if |d| < size.
 inline bool tap_hits(int d, int size) { return d > -size && d < size; }
 
