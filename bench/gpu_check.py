@@ -212,9 +212,13 @@ def layouts(torch, native, device):
     out, grads = with_grads(torch, native.native_active_conv2d, args)
     cl = (x.contiguous(memory_format=torch.channels_last), *args[1:])
     out_cl, grads_cl = with_grads(torch, native.native_active_conv2d, cl)
+    # CUDA converts to NCHW inside, so the bits match; the CPU dry run reads channels-last in
+    # place (another summation order), so there float64 rounding is the bar.
+    same = torch.equal if device != "cpu" else (lambda a, b: torch.allclose(a, b, rtol=0, atol=1e-12))
     check(
-        torch.equal(out, out_cl) and all(torch.equal(a, b) for a, b in zip(grads, grads_cl)),
-        "channels_last input gives bitwise the same output and gradients",
+        same(out, out_cl) and all(same(a, b) for a, b in zip(grads, grads_cl)),
+        "channels_last input gives the same output and gradients"
+        + (" (bitwise)" if device != "cpu" else " (to 1e-12)"),
     )
     wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
     wide[..., ::2] = x
