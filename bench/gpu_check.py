@@ -155,7 +155,16 @@ CASES = {
     "grouped_P4_g2": (1, 4, 8, 5, 7, 2, 4, 1),
     "tiny_1x1": (1, 3, 3, 1, 1, 3, 3, 1),
     "odd_13x2_s3": (1, 3, 4, 13, 2, 1, 2, 3),
+    "depthwise_s3": (2, 6, 6, 13, 11, 6, 6, 3),
 }
+# Synapse counts per case (default 9): 25 and 16 take the depthwise kernel's later and
+# partial register groups of 9 synapses.
+SYNAPSES = {"depthwise_5x5": 25, "depthwise_5x5_s2": 25, "depthwise_4x4_s3": 16}
+CASES.update(
+    depthwise_5x5=(2, 5, 5, 11, 10, 5, 5, 1),
+    depthwise_5x5_s2=(2, 5, 5, 11, 10, 5, 5, 2),
+    depthwise_4x4_s3=(1, 5, 5, 11, 10, 5, 5, 3),
+)
 SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
 NAMES = ("input", "weight", "positions", "bias")
 
@@ -185,8 +194,9 @@ def correctness_fp64(torch, native, reference, device):
     worst = 0.0
     for name, case in CASES.items():
         for spread_name, spread in SPREADS.items():
-            args = make_args(torch, case, spread, torch.float64, device)
-            ref_args = make_args(torch, case, spread, torch.float64, "cpu")
+            k = SYNAPSES.get(name, 9)
+            args = make_args(torch, case, spread, torch.float64, device, k=k)
+            ref_args = make_args(torch, case, spread, torch.float64, "cpu", k=k)
             out, grads = with_grads(torch, native.native_active_conv2d, args)
             ref, ref_grads = with_grads(torch, reference, ref_args)
             errs = [max_err(out, ref)] + [max_err(a, b) for a, b in zip(grads, ref_grads)]
@@ -396,7 +406,7 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
     header = (
         f"{'layer':11} {'spread':6} {'cudnn':>7} {'fmt':4} {'native':>7} {'x cudnn':>7} "
         f"{'dense':>7} {'x dense':>7} {'fwd':>6} {'GB/s':>6} {'%copy':>5} {'bwd mem':>7} "
-        f"{'CL-in':>7} {'bf16':>7}"
+        f"{'CL-in':>7} {'bf16':>7} {'dx':>6} {'dw,dp':>6}"
     )
     rows = [header, "-" * len(header)]
     gen = torch.Generator().manual_seed(0)
@@ -443,6 +453,13 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
                         fwd_bwd(native.native_active_conv2d, args16, (x16, w16, positions), grad.bfloat16())
                     )
                     del x16, w16, args16
+                # The backward's two halves alone: input gradient; weight and position sums.
+                bwd_op = torch.ops.acuzoo.active_conv2d_backward
+                xd, wd, pd = x, w.detach(), positions.detach()
+                halves = [
+                    timer.median_ms(no_grad_call(torch, bwd_op, (grad, xd, wd, pd, [stride] * 2, c, mask)))
+                    for mask in ([True, False, False], [False, True, True])
+                ]
                 # Bytes a fused fwd+bwd must move: read x, write y; read dy and x, write dx.
                 bytes_moved = 4 * (3 * x.numel() + 2 * grad.numel())
                 gbs = bytes_moved / (nat * 1e-3) / 1e9
@@ -451,7 +468,7 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
                     f"{name:11} {spread_name:6} {conv[fmt]:7.3f} {fmt:4} {nat:7.3f} {nat / conv[fmt]:7.2f} "
                     f"{dense:7.3f} {nat / dense:7.2f} {fwd:6.3f} {gbs:6.0f} "
                     f"{100 * gbs / copy_gbs if copy_gbs else float('nan'):5.0f} {mem:7.2f} "
-                    f"{nat_cl:7.3f} {bf16:7.3f}"
+                    f"{nat_cl:7.3f} {bf16:7.3f} {halves[0]:6.3f} {halves[1]:6.3f}"
                 )
                 log(row)
                 rows.append(row)
@@ -465,7 +482,8 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
         "times in ms (median, CUDA events); 'x cudnn'/'x dense' = native / baseline; fwd = native "
         "forward alone; GB/s counts x, y, dy, x, dx once; bwd mem = peak extra memory of the "
         "backward / input size (target < 2); CL-in = native fwd+bwd from a channels_last input "
-        "(converted inside); bf16 = native fwd+bwd in bfloat16 (fp32 positions and sums)"
+        "(converted inside); dx, dw,dp = the backward op asked for the input gradient alone, for the "
+        "weight and position gradients alone; bf16 = native fwd+bwd in bfloat16 (fp32 positions and sums)"
     )
     return rows
 

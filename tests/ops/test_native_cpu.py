@@ -332,3 +332,23 @@ def test_cuda_element_code_equals_reference(ext, case, spread):
     assert max_err(out, ref) < TOL
     for name, a, w in zip(("input", "weight", "positions"), got, want):
         assert max_err(a, w) < TOL, name
+
+
+# The CUDA depthwise kernels keep the sums of kSynapseGroup (9) synapses in registers and
+# build the input gradient with a compile-time stride of 1 or 2: a 5x5 ACU (25 synapses,
+# three groups, the last partial) and stride 3 (the runtime-stride build) take the other
+# branches.
+@pytest.mark.parametrize("stride, k", [(1, 25), (2, 25), (3, 9), (3, 16)])
+def test_cuda_element_code_synapse_groups_and_strides(ext, stride, k):
+    x, weight, positions, b, _, groups = make_args((2, 5, 5, 11, 10, 5, 5, stride), 2.5, k=k)
+    out = torch.ops.acuzoo._twin_active_conv2d(x, weight, positions, b, [stride, stride], groups)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=out.dtype)
+    got = torch.ops.acuzoo._twin_active_conv2d_backward(
+        grad, x, weight, positions, [stride, stride], groups, [True, True, True]
+    )
+    leaves = [t.clone().requires_grad_() for t in (x, weight, positions)]
+    ref = reference_active_conv2d(*leaves, b, stride, groups)
+    want = torch.autograd.grad(ref, leaves, grad)
+    assert max_err(out, ref) < TOL
+    for name, a, w in zip(("input", "weight", "positions"), got, want):
+        assert max_err(a, w) < TOL, name

@@ -22,7 +22,7 @@ namespace acu {
 namespace {
 
 constexpr int kThreads = 256;        // power of two: the block reductions halve it
-constexpr int64_t kChunk = 4096;     // output elements per block in the depthwise param grads
+constexpr int64_t kChunk = 8192;     // output elements per block in the depthwise param grads
 constexpr int64_t kColumnsBytes = int64_t(256) << 20;  // cap on one chunk's bilinear columns
 
 inline int blocks_for(int64_t total) {
@@ -59,46 +59,132 @@ inline Units units_of(const Geometry& g) {
        idx += int64_t(gridDim.x) * blockDim.x)
 
 // ---- depthwise ---------------------------------------------------------------------
+// A block works inside one channel: it turns the channel's positions into taps and its
+// weights into the op-math type once, in shared memory, and every thread reads them.
+// Indices inside a plane are 32-bit (a GPU's 64-bit division costs ~10x a 32-bit one).
+
+template <typename A>
+size_t channel_smem_bytes(int64_t K) {
+  return static_cast<size_t>(K) * (sizeof(TapPair<A>) + sizeof(A));
+}
+
+template <typename S, typename A>
+__device__ __forceinline__ void load_channel(const S* __restrict__ w, const A* __restrict__ pos, int64_t c,
+                                             const Dims& d, TapPair<A>* taps, A* wts) {
+  for (int k = threadIdx.x; k < d.K; k += blockDim.x) {
+    taps[k] = synapse_taps_of<A>(pos, c / d.per_set, k, d.K);
+    wts[k] = static_cast<A>(w[c * d.K + k]);
+  }
+  __syncthreads();
+}
+
+// Planes cut into tiles of at most `tile` elements; block b works on tile b % tiles of
+// plane b / tiles.
+struct PlaneTiles {
+  int tiles;
+  int tile;
+};
+
+inline PlaneTiles plane_tiles(int64_t elements) {
+  const int tile = static_cast<int>(std::min<int64_t>(std::max<int64_t>(elements, 1), 2048));
+  return {static_cast<int>((elements + tile - 1) / tile), tile};
+}
+
+// Small planes get small blocks (a 7x7 plane keeps 64 threads busy, not 256).
+inline int plane_threads(const PlaneTiles& t) { return std::min(kThreads, std::max(32, (t.tile + 31) / 32 * 32)); }
 
 template <typename S, typename A>
 __global__ void dw_forward_kernel(const S* __restrict__ x, const S* __restrict__ w, const A* __restrict__ pos,
-                                  const S* __restrict__ bias, S* __restrict__ out, int64_t total, Dims d) {
-  ACU_GRID_STRIDE(idx, total) { out[idx] = static_cast<S>(dw_forward_element<A>(x, w, pos, bias, idx, d)); }
+                                  const S* __restrict__ bias, S* __restrict__ out, Dims d, PlaneTiles pt) {
+  extern __shared__ __align__(16) unsigned char dw_smem[];
+  TapPair<A>* taps = reinterpret_cast<TapPair<A>*>(dw_smem);
+  A* wts = reinterpret_cast<A*>(taps + d.K);
+  const int64_t plane = blockIdx.x / pt.tiles;
+  const int tile = static_cast<int>(blockIdx.x - plane * pt.tiles);
+  const int64_t c = plane % d.C;
+  load_channel<S, A>(w, pos, c, d, taps, wts);
+  const int wo = static_cast<int>(d.Wo), pixels = static_cast<int>(d.Ho * d.Wo);
+  const int start = tile * pt.tile, stop = min(start + pt.tile, pixels);
+  const S* xp = x + plane * d.H * d.W;
+  S* op = out + plane * pixels;
+  const A b = bias ? static_cast<A>(bias[c]) : A(0);
+  for (int pix = start + threadIdx.x; pix < stop; pix += blockDim.x) {
+    const int m = pix / wo, j = pix - m * wo;
+    op[pix] = static_cast<S>(b + dw_forward_at<A>(xp, wts, taps, d, m, j));
+  }
 }
 
-template <typename S, typename A>
+template <int ST, typename S, typename A>
 __global__ void dw_grad_input_kernel(const S* __restrict__ go, const S* __restrict__ w,
-                                     const A* __restrict__ pos, S* __restrict__ gx, int64_t total, Dims d) {
-  ACU_GRID_STRIDE(idx, total) { gx[idx] = static_cast<S>(dw_grad_input_element<A>(go, w, pos, idx, d)); }
+                                     const A* __restrict__ pos, S* __restrict__ gx, Dims d, PlaneTiles pt) {
+  extern __shared__ __align__(16) unsigned char dw_smem[];
+  TapPair<A>* taps = reinterpret_cast<TapPair<A>*>(dw_smem);
+  A* wts = reinterpret_cast<A*>(taps + d.K);
+  const int64_t plane = blockIdx.x / pt.tiles;
+  const int tile = static_cast<int>(blockIdx.x - plane * pt.tiles);
+  load_channel<S, A>(w, pos, plane % d.C, d, taps, wts);
+  const int width = static_cast<int>(d.W), size = static_cast<int>(d.H * d.W);
+  const int start = tile * pt.tile, stop = min(start + pt.tile, size);
+  const S* gp = go + plane * d.Ho * d.Wo;
+  S* xp = gx + plane * size;
+  for (int i = start + threadIdx.x; i < stop; i += blockDim.x) {
+    const int r = i / width, col = i - r * width;
+    xp[i] = static_cast<S>(dw_grad_input_at<ST, A>(gp, wts, taps, d, r, col));
+  }
 }
 
 // Block (chunk, c): partial[chunk, c, k, :] = sums over the chunk's output elements of
-// channel c of grad * (value read, w * d/dalpha read, w * d/dbeta read).
+// channel c of grad * (value read, w * d/dalpha read, w * d/dbeta read). Each thread keeps
+// the sums of kSynapseGroup synapses in registers; warps reduce by shuffles, then the
+// warps' sums are added in warp order (fixed: the same bits every run).
 template <typename S, typename A>
-__global__ void dw_grad_params_kernel(const S* __restrict__ go, const S* __restrict__ x,
-                                      const S* __restrict__ w, const A* __restrict__ pos,
-                                      A* __restrict__ partial, int64_t batch, Dims d) {
-  __shared__ A shared[3 * kThreads];
-  const int64_t c = blockIdx.y, chunk = blockIdx.x, p = c / d.per_set;
-  const int64_t elems = batch * d.Ho * d.Wo;
-  const int64_t start = chunk * kChunk, stop = min(start + kChunk, elems);
-  for (int64_t k = 0; k < d.K; ++k) {
-    AxisTaps<A> ta, tb;
-    synapse_taps(pos, p, k, d.K, ta, tb);
-    A sums[3] = {A(0), A(0), A(0)};
-    for (int64_t e = start + threadIdx.x; e < stop; e += kThreads) {
-      const Read3<A> t = dw_param_terms<A>(go, x, c, e, ta, tb, d);
-      sums[0] += t.value;
-      sums[1] += t.d_alpha;
-      sums[2] += t.d_beta;
+__global__ void __launch_bounds__(kThreads) dw_grad_params_kernel(
+    const S* __restrict__ go, const S* __restrict__ x, const S* __restrict__ w, const A* __restrict__ pos,
+    A* __restrict__ partial, int64_t batch, Dims d) {
+  constexpr int G = kSynapseGroup, kWarps = kThreads / 32;
+  extern __shared__ __align__(16) unsigned char dw_smem[];
+  __shared__ A warp_sums[kWarps * G * 3];
+  TapPair<A>* taps = reinterpret_cast<TapPair<A>*>(dw_smem);
+  A* wts = reinterpret_cast<A*>(taps + d.K);
+  const int64_t c = blockIdx.y, chunk = blockIdx.x;
+  load_channel<S, A>(w, pos, c, d, taps, wts);
+  const int wo = static_cast<int>(d.Wo), pixels = static_cast<int>(d.Ho * d.Wo);
+  const int64_t start = chunk * kChunk, stop = min(start + kChunk, batch * pixels);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int k0 = 0; k0 < d.K; k0 += G) {
+    A acc[G][3];
+#pragma unroll
+    for (int kk = 0; kk < G; ++kk) acc[kk][0] = acc[kk][1] = acc[kk][2] = A(0);
+    // (n, pix) of element e, stepped without a 64-bit division per element.
+    int64_t e = start + threadIdx.x;
+    int64_t n = e / pixels;
+    int pix = static_cast<int>(e - n * pixels);
+    for (; e < stop; e += blockDim.x) {
+      const int m = pix / wo, j = pix - m * wo;
+      const int64_t plane = n * d.C + c;
+      const A g = static_cast<A>(go[plane * pixels + pix]);
+      dw_param_terms_at<G, A>(x + plane * d.H * d.W, taps, d, k0, m, j, g, acc);
+      pix += blockDim.x;
+      while (pix >= pixels) {
+        pix -= pixels;
+        ++n;
+      }
     }
-    block_sum<A, 3>(sums, shared);
-    if (threadIdx.x == 0) {
-      const A wk = static_cast<A>(w[c * d.K + k]);
-      A* dst = partial + ((chunk * d.C + c) * d.K + k) * 3;
-      dst[0] = shared[0];
-      dst[1] = wk * shared[kThreads];
-      dst[2] = wk * shared[2 * kThreads];
+#pragma unroll
+    for (int kk = 0; kk < G; ++kk) {
+#pragma unroll
+      for (int q = 0; q < 3; ++q) {
+        A v = acc[kk][q];
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (lane == 0) warp_sums[(warp * G + kk) * 3 + q] = v;
+      }
+    }
+    __syncthreads();
+    const int t = threadIdx.x, k = k0 + t / 3;
+    if (t < G * 3 && k < d.K) {
+      A sum = A(0);
+      for (int v = 0; v < kWarps; ++v) sum += warp_sums[v * G * 3 + t];
+      partial[((chunk * d.C + c) * d.K + k) * 3 + t % 3] = t % 3 == 0 ? sum : wts[k] * sum;
     }
     __syncthreads();
   }
@@ -167,18 +253,34 @@ struct CudaBackend {
                                       const std::optional<at::Tensor>& bias, const Geometry& g) {
     const c10::cuda::CUDAGuard guard(input.device());
     at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
-    const int64_t total = out.numel();
-    if (total == 0) return out;
+    if (out.numel() == 0) return out;
+    const PlaneTiles pt = plane_tiles(g.out_h * g.out_w);
+    const int64_t blocks = g.batch * g.c_in * pt.tiles;
+    TORCH_CHECK(blocks < (int64_t(1) << 31), "acuzoo: too many depthwise planes for one launch");
     auto stream = c10::cuda::getCurrentCUDAStream();
     ACU_DISPATCH(input.scalar_type(), "acu_depthwise_forward_cuda", [&] {
       using A = at::opmath_type<scalar_t>;
-      dw_forward_kernel<scalar_t, A><<<blocks_for(total), kThreads, 0, stream>>>(
-          input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-          positions.const_data_ptr<A>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
-          out.mutable_data_ptr<scalar_t>(), total, dims_of(g));
+      dw_forward_kernel<scalar_t, A>
+          <<<static_cast<unsigned>(blocks), plane_threads(pt), channel_smem_bytes<A>(g.synapses), stream>>>(
+              input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+              positions.const_data_ptr<A>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
+              out.mutable_data_ptr<scalar_t>(), dims_of(g), pt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return out;
+  }
+
+  template <int ST, typename S, typename A>
+  static void launch_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& positions,
+                                at::Tensor& gx, const Geometry& g, cudaStream_t stream) {
+    const PlaneTiles pt = plane_tiles(g.height * g.width);
+    const int64_t blocks = g.batch * g.c_in * pt.tiles;
+    TORCH_CHECK(blocks < (int64_t(1) << 31), "acuzoo: too many depthwise planes for one launch");
+    dw_grad_input_kernel<ST, S, A>
+        <<<static_cast<unsigned>(blocks), plane_threads(pt), channel_smem_bytes<A>(g.synapses), stream>>>(
+            grad_out.const_data_ptr<S>(), weight.const_data_ptr<S>(), positions.const_data_ptr<A>(),
+            gx.mutable_data_ptr<S>(), dims_of(g), pt);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
   static std::tuple<at::Tensor, at::Tensor> depthwise_backward(
@@ -188,30 +290,35 @@ struct CudaBackend {
     auto stream = c10::cuda::getCurrentCUDAStream();
     at::Tensor gx = need_x ? at::empty_like(input) : at::Tensor();
     at::Tensor sums;
-    const Dims d = dims_of(g);
     if (need_x && gx.numel() > 0) {
       ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_input_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
-        dw_grad_input_kernel<scalar_t, A><<<blocks_for(gx.numel()), kThreads, 0, stream>>>(
-            grad_out.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-            positions.const_data_ptr<A>(), gx.mutable_data_ptr<scalar_t>(), gx.numel(), d);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        // The gather divides by the stride per tap: a compile-time stride where it is common.
+        if (g.stride_h == 1 && g.stride_w == 1) {
+          launch_grad_input<1, scalar_t, A>(grad_out, weight, positions, gx, g, stream);
+        } else if (g.stride_h == 2 && g.stride_w == 2) {
+          launch_grad_input<2, scalar_t, A>(grad_out, weight, positions, gx, g, stream);
+        } else {
+          launch_grad_input<0, scalar_t, A>(grad_out, weight, positions, gx, g, stream);
+        }
       });
     }
     if (need_sums) {
       const int64_t elems = g.batch * g.out_h * g.out_w;
-      const int64_t chunks = (elems + kChunk - 1) / kChunk;
-      at::Tensor partial = at::empty({chunks, g.c_in * g.synapses * 3}, positions.options());
+      const int64_t chunks = std::max<int64_t>(1, (elems + kChunk - 1) / kChunk);
+      at::Tensor partial = at::zeros({chunks, g.c_in * g.synapses * 3}, positions.options());
       TORCH_CHECK(g.c_in <= 65535, "acuzoo: the depthwise CUDA kernel handles at most 65535 channels");
-      ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_params_cuda", [&] {
-        using A = at::opmath_type<scalar_t>;
-        const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(g.c_in));
-        dw_grad_params_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(
-            grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-            weight.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(),
-            partial.mutable_data_ptr<A>(), g.batch, d);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+      if (elems > 0) {
+        ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_params_cuda", [&] {
+          using A = at::opmath_type<scalar_t>;
+          const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(g.c_in));
+          dw_grad_params_kernel<scalar_t, A><<<grid, kThreads, channel_smem_bytes<A>(g.synapses), stream>>>(
+              grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+              weight.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(), partial.mutable_data_ptr<A>(),
+              g.batch, dims_of(g));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      }
       sums = reduce_rows(partial).view({g.c_in, g.synapses, 3});
     }
     return {gx, sums};

@@ -67,11 +67,14 @@ ACU_HD int end_valid(int d, int s, int size, int out_size) {
   return end < out_size ? end : out_size;
 }
 
-// The output index m whose tap d reads input index i (i = m * s + d), or -1.
+// The output index m whose tap d reads input index i (i = m * s + d), or -1. ST > 0 fixes
+// the stride at compile time (a GPU's integer division by a runtime value is slow).
+template <int ST = 0>
 ACU_HD int output_index(int i, int d, int s, int out_size) {
+  const int st = ST > 0 ? ST : s;
   const int q = i - d;
-  if (q < 0 || q % s != 0) return -1;
-  const int m = q / s;
+  if (q < 0 || q % st != 0) return -1;
+  const int m = q / st;
   return m < out_size ? m : -1;
 }
 
@@ -127,19 +130,19 @@ ACU_HD A read_value(const S* plane, int height, int width, int r, int c,
 
 // Transposed read (input gradient, col2im) as a gather: the sum over the outputs whose
 // synapse reads input (r, c) of their gradient times the bilinear weight.
-template <typename A, typename S>
+template <typename A, typename S, int ST = 0>
 ACU_HD A gather_plane(const S* grad_plane, int out_h, int out_w, int sh, int sw, int r, int c,
                       const AxisTaps<A>& ta, const AxisTaps<A>& tb) {
   A out = A(0);
   for (int i = 0; i < ta.count; ++i) {
     const A wa = ta.value[i];
     if (wa == A(0)) continue;
-    const int m = output_index(r, ta.first + i, sh, out_h);
+    const int m = output_index<ST>(r, ta.first + i, sh, out_h);
     if (m < 0) continue;
     for (int j = 0; j < tb.count; ++j) {
       const A wb = tb.value[j];
       if (wb == A(0)) continue;
-      const int n = output_index(c, tb.first + j, sw, out_w);
+      const int n = output_index<ST>(c, tb.first + j, sw, out_w);
       if (n < 0) continue;
       out += wa * wb * static_cast<A>(grad_plane[static_cast<int64_t>(m) * out_w + n]);
     }
@@ -170,55 +173,65 @@ ACU_HD void synapse_taps(const A* pos, int64_t p, int64_t k, int64_t K, AxisTaps
   tb = axis_taps<A>(pos[(p * K + k) * 2 + 1]);
 }
 
-// Depthwise forward, output element idx of (N, C, Ho, Wo).
-template <typename A, typename S>
-ACU_HD A dw_forward_element(const S* x, const S* w, const A* pos, const S* bias, int64_t idx, const Dims& d) {
-  const int j = static_cast<int>(idx % d.Wo);
-  const int m = static_cast<int>((idx / d.Wo) % d.Ho);
-  const int64_t plane = idx / (d.Wo * d.Ho);  // n * C + c
-  const int64_t c = plane % d.C, p = c / d.per_set;
-  const S* xp = x + plane * d.H * d.W;
-  A acc = bias ? static_cast<A>(bias[c]) : A(0);
-  for (int64_t k = 0; k < d.K; ++k) {
-    AxisTaps<A> ta, tb;
-    synapse_taps(pos, p, k, d.K, ta, tb);
-    acc += static_cast<A>(w[c * d.K + k]) *
-           read_value<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw, ta, tb);
-  }
-  return acc;
+// ---- depthwise: one plane (sample n, channel c) at a time ----------------------------
+// A kernel block (or the twin's loop) works inside one plane or one channel, so it turns
+// the channel's positions into taps once (synapse_taps_of) and every element reads them.
+
+// Synapses whose weight/position sums one GPU thread keeps in registers at a time.
+constexpr int kSynapseGroup = 9;
+
+template <typename A>
+struct TapPair {
+  AxisTaps<A> a;  // rows
+  AxisTaps<A> b;  // columns
+};
+
+template <typename A>
+ACU_HD TapPair<A> synapse_taps_of(const A* pos, int64_t p, int64_t k, int64_t K) {
+  return {axis_taps<A>(pos[(p * K + k) * 2]), axis_taps<A>(pos[(p * K + k) * 2 + 1])};
 }
 
-// Depthwise input gradient, input element idx of (N, C, H, W), as a gather.
+// Depthwise forward at output (m, j) of one plane: xp is the input plane, w and taps the
+// channel's K weights and synapses.
 template <typename A, typename S>
-ACU_HD A dw_grad_input_element(const S* go, const S* w, const A* pos, int64_t idx, const Dims& d) {
-  const int col = static_cast<int>(idx % d.W);
-  const int r = static_cast<int>((idx / d.W) % d.H);
-  const int64_t plane = idx / (d.W * d.H);
-  const int64_t c = plane % d.C, p = c / d.per_set;
-  const S* gp = go + plane * d.Ho * d.Wo;
+ACU_HD A dw_forward_at(const S* xp, const A* w, const TapPair<A>* taps, const Dims& d, int m, int j) {
   A acc = A(0);
-  for (int64_t k = 0; k < d.K; ++k) {
-    AxisTaps<A> ta, tb;
-    synapse_taps(pos, p, k, d.K, ta, tb);
-    acc += static_cast<A>(w[c * d.K + k]) *
-           gather_plane<A>(gp, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, col, ta, tb);
+  for (int k = 0; k < static_cast<int>(d.K); ++k) {
+    acc += w[k] * read_value<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw,
+                                taps[k].a, taps[k].b);
   }
   return acc;
 }
 
-// Depthwise weight/position terms of output element e = n * Ho * Wo + pixel of channel c,
-// synapse (ta, tb): grad times the value and slope reads.
-template <typename A, typename S>
-ACU_HD Read3<A> dw_param_terms(const S* go, const S* x, int64_t c, int64_t e, const AxisTaps<A>& ta,
-                               const AxisTaps<A>& tb, const Dims& d) {
-  const int64_t pixels = d.Ho * d.Wo;
-  const int64_t n = e / pixels, pix = e % pixels;
-  const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
-  const int64_t plane = n * d.C + c;
-  const A g = static_cast<A>(go[plane * pixels + pix]);
-  const Read3<A> r = read_plane<A>(x + plane * d.H * d.W, static_cast<int>(d.H), static_cast<int>(d.W),
-                                   m * d.sh, j * d.sw, ta, tb);
-  return {g * r.value, g * r.d_alpha, g * r.d_beta};
+// Depthwise input gradient at input (r, c) of one plane, as a gather from the plane's
+// output gradient gp. ST > 0: both strides are ST.
+template <int ST, typename A, typename S>
+ACU_HD A dw_grad_input_at(const S* gp, const A* w, const TapPair<A>* taps, const Dims& d, int r, int c) {
+  A acc = A(0);
+  for (int k = 0; k < static_cast<int>(d.K); ++k) {
+    acc += w[k] * gather_plane<A, S, ST>(gp, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, c,
+                                         taps[k].a, taps[k].b);
+  }
+  return acc;
+}
+
+// Depthwise weight/position terms of output (m, j) of one plane with output gradient g:
+// adds g times (value read, d/dalpha read, d/dbeta read) of synapses k0 .. k0 + KG - 1
+// (those below K) to acc. KG is fixed so that acc lives in registers on the GPU.
+template <int KG, typename A, typename S>
+ACU_HD void dw_param_terms_at(const S* xp, const TapPair<A>* taps, const Dims& d, int k0, int m, int j, A g,
+                              A (&acc)[KG][3]) {
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int kk = 0; kk < KG; ++kk) {
+    if (k0 + kk >= static_cast<int>(d.K)) break;
+    const TapPair<A>& t = taps[k0 + kk];
+    const Read3<A> r = read_plane<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw, t.a, t.b);
+    acc[kk][0] += g * r.value;
+    acc[kk][1] += g * r.d_alpha;
+    acc[kk][2] += g * r.d_beta;
+  }
 }
 
 // Columns element idx of (nb, U, rows, Ho * Wo).

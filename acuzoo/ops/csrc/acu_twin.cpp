@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "acu_driver.h"
 #include "acu_math.h"
@@ -28,22 +29,58 @@ struct TwinBackend {
   // Two chunks for any batch above one, so that the chunked columns code is exercised.
   static int64_t columns_chunk(const Geometry& g) { return std::max<int64_t>(1, (g.batch + 1) / 2); }
 
+  // The channel's taps, as a CUDA block keeps them in shared memory.
+  template <typename T>
+  static std::vector<TapPair<T>> channel_taps(const T* pos, int64_t c, const Dims& d) {
+    std::vector<TapPair<T>> taps(d.K);
+    for (int64_t k = 0; k < d.K; ++k) taps[k] = synapse_taps_of<T>(pos, c / d.per_set, k, d.K);
+    return taps;
+  }
+
   static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& positions, const std::optional<at::Tensor>& bias,
                                       const Geometry& g) {
     at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_twin_dw_forward", [&] {
+      using T = scalar_t;
       const Dims d = twin_dims(g);
-      const scalar_t* x = input.const_data_ptr<scalar_t>();
-      const scalar_t* w = weight.const_data_ptr<scalar_t>();
-      const scalar_t* pos = positions.const_data_ptr<scalar_t>();
-      const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* y = out.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, out.numel(), 256, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) y[i] = dw_forward_element<scalar_t>(x, w, pos, b, i, d);
+      const T* x = input.const_data_ptr<T>();
+      const T* w = weight.const_data_ptr<T>();
+      const T* pos = positions.const_data_ptr<T>();
+      const T* b = bias.has_value() ? bias->const_data_ptr<T>() : nullptr;
+      T* y = out.mutable_data_ptr<T>();
+      at::parallel_for(0, g.batch * g.c_in, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t c = plane % d.C;
+          const auto taps = channel_taps(pos, c, d);
+          const T bc = b ? b[c] : T(0);
+          for (int m = 0; m < d.Ho; ++m) {
+            for (int j = 0; j < d.Wo; ++j) {
+              y[(plane * d.Ho + m) * d.Wo + j] =
+                  bc + dw_forward_at<T>(x + plane * d.H * d.W, w + c * d.K, taps.data(), d, m, j);
+            }
+          }
+        }
       });
     });
     return out;
+  }
+
+  // The input gradient with the compile-time strides the CUDA kernel is built with.
+  template <int ST, typename T>
+  static void grad_input(const T* go, const T* w, const T* pos, T* gx, const Dims& d, int64_t planes) {
+    at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const int64_t c = plane % d.C;
+        const auto taps = channel_taps(pos, c, d);
+        for (int r = 0; r < d.H; ++r) {
+          for (int col = 0; col < d.W; ++col) {
+            gx[(plane * d.H + r) * d.W + col] =
+                dw_grad_input_at<ST, T>(go + plane * d.Ho * d.Wo, w + c * d.K, taps.data(), d, r, col);
+          }
+        }
+      }
+    });
   }
 
   static std::tuple<at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad_out, const at::Tensor& input,
@@ -60,29 +97,38 @@ struct TwinBackend {
       const T* pos = positions.const_data_ptr<T>();
       if (need_x) {
         T* gxp = gx.mutable_data_ptr<T>();
-        at::parallel_for(0, gx.numel(), 256, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) gxp[i] = dw_grad_input_element<T>(go, w, pos, i, d);
-        });
+        const int64_t planes = g.batch * g.c_in;
+        if (d.sh == 1 && d.sw == 1) {
+          grad_input<1, T>(go, w, pos, gxp, d, planes);
+        } else if (d.sh == 2 && d.sw == 2) {
+          grad_input<2, T>(go, w, pos, gxp, d, planes);
+        } else {
+          grad_input<0, T>(go, w, pos, gxp, d, planes);
+        }
       }
       if (need_sums) {
         T* out = sums.mutable_data_ptr<T>();
-        const int64_t elems = g.batch * g.out_h * g.out_w;
         at::parallel_for(0, g.c_in, 1, [&](int64_t begin, int64_t end) {
           for (int64_t c = begin; c < end; ++c) {
-            for (int64_t k = 0; k < d.K; ++k) {
-              AxisTaps<T> ta, tb;
-              synapse_taps(pos, c / d.per_set, k, d.K, ta, tb);
-              T v = 0, a = 0, b = 0;
-              for (int64_t e = 0; e < elems; ++e) {
-                const Read3<T> t = dw_param_terms<T>(go, x, c, e, ta, tb, d);
-                v += t.value;
-                a += t.d_alpha;
-                b += t.d_beta;
+            const auto taps = channel_taps(pos, c, d);
+            for (int k0 = 0; k0 < d.K; k0 += kSynapseGroup) {
+              T acc[kSynapseGroup][3] = {};
+              for (int64_t n = 0; n < g.batch; ++n) {
+                const int64_t plane = n * d.C + c;
+                for (int m = 0; m < d.Ho; ++m) {
+                  for (int j = 0; j < d.Wo; ++j) {
+                    const T gv = go[(plane * d.Ho + m) * d.Wo + j];
+                    dw_param_terms_at<kSynapseGroup, T>(x + plane * d.H * d.W, taps.data(), d, k0, m, j, gv, acc);
+                  }
+                }
               }
-              T* dst = out + (c * d.K + k) * 3;
-              dst[0] = v;
-              dst[1] = w[c * d.K + k] * a;
-              dst[2] = w[c * d.K + k] * b;
+              for (int kk = 0; kk < kSynapseGroup && k0 + kk < d.K; ++kk) {
+                T* dst = out + (c * d.K + k0 + kk) * 3;
+                const T wk = w[c * d.K + k0 + kk];
+                dst[0] = acc[kk][0];
+                dst[1] = wk * acc[kk][1];
+                dst[2] = wk * acc[kk][2];
+              }
             }
           }
         });
