@@ -164,8 +164,9 @@ CASES.update(
     depthwise_5x5=(2, 5, 5, 11, 10, 5, 5, 1),
     depthwise_5x5_s2=(2, 5, 5, 11, 10, 5, 5, 2),
     depthwise_4x4_s3=(1, 5, 5, 11, 10, 5, 5, 3),
+    depthwise_s2x1=(2, 5, 5, 11, 10, 5, 5, (2, 1)),
 )
-SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
+SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0, "beyond": 30.0}
 NAMES = ("input", "weight", "positions", "bias")
 
 

@@ -334,17 +334,21 @@ def test_cuda_element_code_equals_reference(ext, case, spread):
         assert max_err(a, w) < TOL, name
 
 
-# The CUDA depthwise kernels keep the sums of kSynapseGroup (9) synapses in registers and
-# build the input gradient with a compile-time stride of 1 or 2: a 5x5 ACU (25 synapses,
-# three groups, the last partial) and stride 3 (the runtime-stride build) take the other
-# branches.
-@pytest.mark.parametrize("stride, k", [(1, 25), (2, 25), (3, 9), (3, 16)])
-def test_cuda_element_code_synapse_groups_and_strides(ext, stride, k):
-    x, weight, positions, b, _, groups = make_args((2, 5, 5, 11, 10, 5, 5, stride), 2.5, k=k)
-    out = torch.ops.acuzoo._twin_active_conv2d(x, weight, positions, b, [stride, stride], groups)
+# The CUDA depthwise kernels read a channel table of up to 9 K offsets, keep 32 cell dots
+# in registers per pass and build the input gradient with a compile-time stride of 1 or 2:
+# a 5x5 ACU (more than one pass of dots), strides 3 and (2, 1) (the runtime-stride build)
+# and offsets beyond the table builder's 16x16 map take the other branches.
+@pytest.mark.parametrize(
+    "stride, k, spread",
+    [((1, 1), 25, 2.5), ((2, 2), 25, 2.5), ((3, 3), 9, 2.5), ((3, 3), 16, 2.5), ((2, 1), 9, 2.5), ((1, 1), 9, 30.0)],
+    ids=["5x5", "5x5_s2", "s3", "4x4_s3", "s2x1", "beyond_offset_map"],
+)
+def test_cuda_element_code_synapse_groups_and_strides(ext, stride, k, spread):
+    x, weight, positions, b, _, groups = make_args((2, 5, 5, 23, 22, 5, 5, 1), spread, k=k)
+    out = torch.ops.acuzoo._twin_active_conv2d(x, weight, positions, b, list(stride), groups)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=out.dtype)
     got = torch.ops.acuzoo._twin_active_conv2d_backward(
-        grad, x, weight, positions, [stride, stride], groups, [True, True, True]
+        grad, x, weight, positions, list(stride), groups, [True, True, True]
     )
     leaves = [t.clone().requires_grad_() for t in (x, weight, positions)]
     ref = reference_active_conv2d(*leaves, b, stride, groups)

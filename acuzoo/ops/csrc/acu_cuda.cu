@@ -59,23 +59,18 @@ inline Units units_of(const Geometry& g) {
        idx += int64_t(gridDim.x) * blockDim.x)
 
 // ---- depthwise ---------------------------------------------------------------------
-// A block works inside one channel: it turns the channel's positions into taps and its
-// weights into the op-math type once, in shared memory, and every thread reads them.
-// Indices inside a plane are 32-bit (a GPU's 64-bit division costs ~10x a 32-bit one).
-
-template <typename A>
-size_t channel_smem_bytes(int64_t K) {
-  return static_cast<size_t>(K) * (sizeof(TapPair<A>) + sizeof(A));
-}
+// One thread per channel builds the channel's sparse table (acu_math.h); the forward,
+// input-gradient and cell-dot kernels then work inside one channel per block, with the
+// table's lists in shared memory. Indices inside a plane are 32-bit (a GPU's 64-bit
+// division costs several times a 32-bit one).
 
 template <typename S, typename A>
-__device__ __forceinline__ void load_channel(const S* __restrict__ w, const A* __restrict__ pos, int64_t c,
-                                             const Dims& d, TapPair<A>* taps, A* wts) {
-  for (int k = threadIdx.x; k < d.K; k += blockDim.x) {
-    taps[k] = synapse_taps_of<A>(pos, c / d.per_set, k, d.K);
-    wts[k] = static_cast<A>(w[c * d.K + k]);
-  }
-  __syncthreads();
+__global__ void build_tables_kernel(const A* __restrict__ pos, const S* __restrict__ w, int* __restrict__ ints,
+                                    A* __restrict__ vals, int64_t channels, int64_t per_set, TableLayout t) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= channels) return;
+  short map[kMapSize];
+  build_channel_table<A, S>(pos, c / per_set, w + c * t.K, t, ints + c * t.ints(), vals + c * t.values(), map);
 }
 
 // Planes cut into tiles of at most `tile` elements; block b works on tile b % tiles of
@@ -93,101 +88,159 @@ inline PlaneTiles plane_tiles(int64_t elements) {
 // Small planes get small blocks (a 7x7 plane keeps 64 threads busy, not 256).
 inline int plane_threads(const PlaneTiles& t) { return std::min(kThreads, std::max(32, (t.tile + 31) / 32 * 32)); }
 
+// Shared copy of a channel's table: the first n_ints ints and n_vals values.
+template <typename A>
+__device__ __forceinline__ void load_table(const int* __restrict__ ints, const A* __restrict__ vals, int n_ints,
+                                           int n_vals, int* s_ints, A* s_vals) {
+  for (int e = threadIdx.x; e < n_ints; e += blockDim.x) s_ints[e] = ints[e];
+  for (int e = threadIdx.x; e < n_vals; e += blockDim.x) s_vals[e] = vals[e];
+  __syncthreads();
+}
+
+// Shared memory of the tap kernels: tap lists (ints up to tap_dc's end) and tap weights.
+template <typename A>
+size_t tap_smem_bytes(const TableLayout& t) {
+  return static_cast<size_t>(t.cell_dr()) * sizeof(int) + static_cast<size_t>(t.cap) * sizeof(A) + 16;
+}
+
+template <typename A>
+__device__ __forceinline__ A* after_ints(unsigned char* smem, int n_ints) {
+  const size_t offset = (static_cast<size_t>(n_ints) * sizeof(int) + 15) / 16 * 16;
+  return reinterpret_cast<A*>(smem + offset);
+}
+
 template <typename S, typename A>
-__global__ void dw_forward_kernel(const S* __restrict__ x, const S* __restrict__ w, const A* __restrict__ pos,
-                                  const S* __restrict__ bias, S* __restrict__ out, Dims d, PlaneTiles pt) {
+__global__ void dw_forward_kernel(const S* __restrict__ x, const int* __restrict__ ints, const A* __restrict__ vals,
+                                  const S* __restrict__ bias, S* __restrict__ out, Dims d, TableLayout t,
+                                  PlaneTiles pt) {
   extern __shared__ __align__(16) unsigned char dw_smem[];
-  TapPair<A>* taps = reinterpret_cast<TapPair<A>*>(dw_smem);
-  A* wts = reinterpret_cast<A*>(taps + d.K);
+  int* s_ints = reinterpret_cast<int*>(dw_smem);
+  A* s_vals = after_ints<A>(dw_smem, t.cell_dr());
   const int64_t plane = blockIdx.x / pt.tiles;
   const int tile = static_cast<int>(blockIdx.x - plane * pt.tiles);
   const int64_t c = plane % d.C;
-  load_channel<S, A>(w, pos, c, d, taps, wts);
+  load_table<A>(ints + c * t.ints(), vals + c * t.values(), t.cell_dr(), t.cap, s_ints, s_vals);
+  const int h = static_cast<int>(d.H), w = static_cast<int>(d.W);
   const int wo = static_cast<int>(d.Wo), pixels = static_cast<int>(d.Ho * d.Wo);
   const int start = tile * pt.tile, stop = min(start + pt.tile, pixels);
   const S* xp = x + plane * d.H * d.W;
   S* op = out + plane * pixels;
   const A b = bias ? static_cast<A>(bias[c]) : A(0);
+  const int n = s_ints[0];
   for (int pix = start + threadIdx.x; pix < stop; pix += blockDim.x) {
     const int m = pix / wo, j = pix - m * wo;
-    op[pix] = static_cast<S>(b + dw_forward_at<A>(xp, wts, taps, d, m, j));
+    const int r0 = m * d.sh, c0 = j * d.sw;
+    const bool inside = box_inside(s_ints + 2, r0, c0, h, w);
+    op[pix] = static_cast<S>(b + sparse_forward_at<A>(xp, h, w, r0, c0, s_ints + t.tap_dr(), s_ints + t.tap_dc(),
+                                                      s_vals + t.tap_w(), n, inside));
   }
 }
 
+// One thread per sh x sw block of input pixels, walking the stride classes in step.
 template <int ST, typename S, typename A>
-__global__ void dw_grad_input_kernel(const S* __restrict__ go, const S* __restrict__ w,
-                                     const A* __restrict__ pos, S* __restrict__ gx, Dims d, PlaneTiles pt) {
+__global__ void dw_grad_input_kernel(const S* __restrict__ go, const int* __restrict__ ints,
+                                     const A* __restrict__ vals, S* __restrict__ gx, Dims d, TableLayout t,
+                                     PlaneTiles pt) {
   extern __shared__ __align__(16) unsigned char dw_smem[];
-  TapPair<A>* taps = reinterpret_cast<TapPair<A>*>(dw_smem);
-  A* wts = reinterpret_cast<A*>(taps + d.K);
+  int* s_ints = reinterpret_cast<int*>(dw_smem);
+  A* s_vals = after_ints<A>(dw_smem, t.cell_dr());
   const int64_t plane = blockIdx.x / pt.tiles;
   const int tile = static_cast<int>(blockIdx.x - plane * pt.tiles);
-  load_channel<S, A>(w, pos, plane % d.C, d, taps, wts);
-  const int width = static_cast<int>(d.W), size = static_cast<int>(d.H * d.W);
-  const int start = tile * pt.tile, stop = min(start + pt.tile, size);
+  load_table<A>(ints + (plane % d.C) * t.ints(), vals + (plane % d.C) * t.values(), t.cell_dr(), t.cap, s_ints,
+                s_vals);
+  const int sh = ST > 0 ? ST : d.sh, sw = ST > 0 ? ST : d.sw;
+  const int h = static_cast<int>(d.H), w = static_cast<int>(d.W);
+  const int ho = static_cast<int>(d.Ho), wo = static_cast<int>(d.Wo);
+  const int rows = (h + sh - 1) / sh, cols = (w + sw - 1) / sw;
+  const int start = tile * pt.tile, stop = min(start + pt.tile, rows * cols);
   const S* gp = go + plane * d.Ho * d.Wo;
-  S* xp = gx + plane * size;
-  for (int i = start + threadIdx.x; i < stop; i += blockDim.x) {
-    const int r = i / width, col = i - r * width;
-    xp[i] = static_cast<S>(dw_grad_input_at<ST, A>(gp, wts, taps, d, r, col));
+  S* xp = gx + plane * d.H * d.W;
+  const int n = s_ints[0];
+  for (int q = start + threadIdx.x; q < stop; q += blockDim.x) {
+    const int R = q / cols, C = q - R * cols;
+    for (int pr = 0; pr < sh; ++pr) {
+      for (int pc = 0; pc < sw; ++pc) {
+        const int r = R * sh + pr, c = C * sw + pc;
+        if (r >= h || c >= w) continue;
+        xp[static_cast<int64_t>(r) * w + c] = static_cast<S>(sparse_gather_at<ST, A>(
+            gp, ho, wo, sh, sw, R, C, pr, pc, s_ints + t.tap_dr(), s_ints + t.tap_dc(), s_vals + t.tap_w(), n));
+      }
+    }
   }
 }
 
-// Block (chunk, c): partial[chunk, c, k, :] = sums over the chunk's output elements of
-// channel c of grad * (value read, w * d/dalpha read, w * d/dbeta read). Each thread keeps
-// the sums of kSynapseGroup synapses in registers; warps reduce by shuffles, then the
-// warps' sums are added in warp order (fixed: the same bits every run).
+// Block (chunk, c): partial[chunk, c, cell] = sum over the chunk's output elements of
+// channel c of grad * input at the cell. Each thread keeps kDots cells' sums in registers;
+// warps reduce by shuffles, then the warps' sums are added in warp order (fixed: the same
+// bits every run).
+constexpr int kDots = kDotsPerPass;
+
 template <typename S, typename A>
-__global__ void __launch_bounds__(kThreads) dw_grad_params_kernel(
-    const S* __restrict__ go, const S* __restrict__ x, const S* __restrict__ w, const A* __restrict__ pos,
-    A* __restrict__ partial, int64_t batch, Dims d) {
-  constexpr int G = kSynapseGroup, kWarps = kThreads / 32;
+__global__ void __launch_bounds__(kThreads) dw_cell_dots_kernel(const S* __restrict__ go, const S* __restrict__ x,
+                                                                const int* __restrict__ ints,
+                                                                A* __restrict__ partial, int64_t batch, Dims d,
+                                                                TableLayout t) {
+  constexpr int kWarps = kThreads / 32;
   extern __shared__ __align__(16) unsigned char dw_smem[];
-  __shared__ A warp_sums[kWarps * G * 3];
-  TapPair<A>* taps = reinterpret_cast<TapPair<A>*>(dw_smem);
-  A* wts = reinterpret_cast<A*>(taps + d.K);
+  __shared__ A warp_sums[kWarps * kDots];
+  int* s_ints = reinterpret_cast<int*>(dw_smem);
   const int64_t c = blockIdx.y, chunk = blockIdx.x;
-  load_channel<S, A>(w, pos, c, d, taps, wts);
+  load_table<A>(ints + c * t.ints(), nullptr, t.slot_cell(), 0, s_ints, nullptr);
+  const int h = static_cast<int>(d.H), w = static_cast<int>(d.W);
   const int wo = static_cast<int>(d.Wo), pixels = static_cast<int>(d.Ho * d.Wo);
   const int64_t start = chunk * kChunk, stop = min(start + kChunk, batch * pixels);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int k0 = 0; k0 < d.K; k0 += G) {
-    A acc[G][3];
+  const int n = s_ints[1];
+  A* dst = partial + (chunk * d.C + c) * t.cap;
+  for (int e0 = 0; e0 < n; e0 += kDots) {
+    A dots[kDots];
 #pragma unroll
-    for (int kk = 0; kk < G; ++kk) acc[kk][0] = acc[kk][1] = acc[kk][2] = A(0);
+    for (int q = 0; q < kDots; ++q) dots[q] = A(0);
     // (n, pix) of element e, stepped without a 64-bit division per element.
     int64_t e = start + threadIdx.x;
-    int64_t n = e / pixels;
-    int pix = static_cast<int>(e - n * pixels);
+    int64_t sample = e / pixels;
+    int pix = static_cast<int>(e - sample * pixels);
     for (; e < stop; e += blockDim.x) {
       const int m = pix / wo, j = pix - m * wo;
-      const int64_t plane = n * d.C + c;
+      const int r0 = m * d.sh, c0 = j * d.sw;
+      const int64_t plane = sample * d.C + c;
       const A g = static_cast<A>(go[plane * pixels + pix]);
-      dw_param_terms_at<G, A>(x + plane * d.H * d.W, taps, d, k0, m, j, g, acc);
+      cell_dots_at<kDots, A>(x + plane * d.H * d.W, h, w, r0, c0, s_ints + t.cell_dr(), s_ints + t.cell_dc(), e0, n,
+                             box_inside(s_ints + 6, r0, c0, h, w), g, dots);
       pix += blockDim.x;
       while (pix >= pixels) {
         pix -= pixels;
-        ++n;
+        ++sample;
       }
     }
 #pragma unroll
-    for (int kk = 0; kk < G; ++kk) {
-#pragma unroll
-      for (int q = 0; q < 3; ++q) {
-        A v = acc[kk][q];
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-        if (lane == 0) warp_sums[(warp * G + kk) * 3 + q] = v;
-      }
+    for (int q = 0; q < kDots; ++q) {
+      A v = dots[q];
+      for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+      if (lane == 0) warp_sums[warp * kDots + q] = v;
     }
     __syncthreads();
-    const int t = threadIdx.x, k = k0 + t / 3;
-    if (t < G * 3 && k < d.K) {
+    const int q = threadIdx.x;
+    if (q < kDots && e0 + q < n) {
       A sum = A(0);
-      for (int v = 0; v < kWarps; ++v) sum += warp_sums[v * G * 3 + t];
-      partial[((chunk * d.C + c) * d.K + k) * 3 + t % 3] = t % 3 == 0 ? sum : wts[k] * sum;
+      for (int v = 0; v < kWarps; ++v) sum += warp_sums[v * kDots + q];
+      dst[e0 + q] = sum;
     }
     __syncthreads();
   }
+}
+
+// Thread (c, k): the synapse's (d/dw, w * d/dalpha, w * d/dbeta) from the cell dots.
+template <typename S, typename A>
+__global__ void combine_sums_kernel(const int* __restrict__ ints, const A* __restrict__ vals,
+                                    const A* __restrict__ dots, const S* __restrict__ w, A* __restrict__ sums,
+                                    int64_t channels, TableLayout t) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= channels * t.K) return;
+  const int64_t c = i / t.K;
+  const int k = static_cast<int>(i - c * t.K);
+  combine_synapse_sums<A>(ints + c * t.ints(), vals + c * t.values(), t, dots + c * t.cap, k,
+                          static_cast<A>(w[i]), sums + i * 3);
 }
 
 // ---- bilinear columns ----------------------------------------------------------------
@@ -248,38 +301,60 @@ struct CudaBackend {
     return std::max<int64_t>(1, std::min<int64_t>(g.batch, kColumnsBytes / std::max<int64_t>(per_sample, 1)));
   }
 
+  // The channels' sparse tables: (ints, values), one row per channel.
+  static std::pair<at::Tensor, at::Tensor> build_tables(const at::Tensor& weight, const at::Tensor& positions,
+                                                        const Geometry& g, cudaStream_t stream) {
+    const TableLayout t = TableLayout::of(g.synapses);
+    at::Tensor ints = at::empty({g.c_in, t.ints()}, positions.options().dtype(at::kInt));
+    at::Tensor vals = at::empty({g.c_in, t.values()}, positions.options());
+    const int threads = 64;
+    const unsigned blocks = static_cast<unsigned>((g.c_in + threads - 1) / threads);
+    ACU_DISPATCH(weight.scalar_type(), "acu_depthwise_tables_cuda", [&] {
+      using A = at::opmath_type<scalar_t>;
+      build_tables_kernel<scalar_t, A><<<blocks, threads, 0, stream>>>(
+          positions.const_data_ptr<A>(), weight.const_data_ptr<scalar_t>(), ints.mutable_data_ptr<int>(),
+          vals.mutable_data_ptr<A>(), g.c_in, g.c_out / g.sets, t);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return {ints, vals};
+  }
+
   static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& positions,
                                       const std::optional<at::Tensor>& bias, const Geometry& g) {
     const c10::cuda::CUDAGuard guard(input.device());
     at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options());
     if (out.numel() == 0) return out;
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    const auto [ints, vals] = build_tables(weight, positions, g, stream);
+    const TableLayout t = TableLayout::of(g.synapses);
     const PlaneTiles pt = plane_tiles(g.out_h * g.out_w);
     const int64_t blocks = g.batch * g.c_in * pt.tiles;
     TORCH_CHECK(blocks < (int64_t(1) << 31), "acuzoo: too many depthwise planes for one launch");
-    auto stream = c10::cuda::getCurrentCUDAStream();
     ACU_DISPATCH(input.scalar_type(), "acu_depthwise_forward_cuda", [&] {
       using A = at::opmath_type<scalar_t>;
       dw_forward_kernel<scalar_t, A>
-          <<<static_cast<unsigned>(blocks), plane_threads(pt), channel_smem_bytes<A>(g.synapses), stream>>>(
-              input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-              positions.const_data_ptr<A>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
-              out.mutable_data_ptr<scalar_t>(), dims_of(g), pt);
+          <<<static_cast<unsigned>(blocks), plane_threads(pt), tap_smem_bytes<A>(t), stream>>>(
+              input.const_data_ptr<scalar_t>(), ints.const_data_ptr<int>(), vals.const_data_ptr<A>(),
+              bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+              dims_of(g), t, pt);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
     return out;
   }
 
   template <int ST, typename S, typename A>
-  static void launch_grad_input(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& positions,
+  static void launch_grad_input(const at::Tensor& grad_out, const at::Tensor& ints, const at::Tensor& vals,
                                 at::Tensor& gx, const Geometry& g, cudaStream_t stream) {
-    const PlaneTiles pt = plane_tiles(g.height * g.width);
+    const TableLayout t = TableLayout::of(g.synapses);
+    const PlaneTiles pt =
+        plane_tiles(((g.height + g.stride_h - 1) / g.stride_h) * ((g.width + g.stride_w - 1) / g.stride_w));
     const int64_t blocks = g.batch * g.c_in * pt.tiles;
     TORCH_CHECK(blocks < (int64_t(1) << 31), "acuzoo: too many depthwise planes for one launch");
     dw_grad_input_kernel<ST, S, A>
-        <<<static_cast<unsigned>(blocks), plane_threads(pt), channel_smem_bytes<A>(g.synapses), stream>>>(
-            grad_out.const_data_ptr<S>(), weight.const_data_ptr<S>(), positions.const_data_ptr<A>(),
-            gx.mutable_data_ptr<S>(), dims_of(g), pt);
+        <<<static_cast<unsigned>(blocks), plane_threads(pt), tap_smem_bytes<A>(t), stream>>>(
+            grad_out.const_data_ptr<S>(), ints.const_data_ptr<int>(), vals.const_data_ptr<A>(),
+            gx.mutable_data_ptr<S>(), dims_of(g), t, pt);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
@@ -290,36 +365,44 @@ struct CudaBackend {
     auto stream = c10::cuda::getCurrentCUDAStream();
     at::Tensor gx = need_x ? at::empty_like(input) : at::Tensor();
     at::Tensor sums;
+    const TableLayout t = TableLayout::of(g.synapses);
+    const auto [ints, vals] = build_tables(weight, positions, g, stream);
     if (need_x && gx.numel() > 0) {
       ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_input_cuda", [&] {
         using A = at::opmath_type<scalar_t>;
         // The gather divides by the stride per tap: a compile-time stride where it is common.
         if (g.stride_h == 1 && g.stride_w == 1) {
-          launch_grad_input<1, scalar_t, A>(grad_out, weight, positions, gx, g, stream);
+          launch_grad_input<1, scalar_t, A>(grad_out, ints, vals, gx, g, stream);
         } else if (g.stride_h == 2 && g.stride_w == 2) {
-          launch_grad_input<2, scalar_t, A>(grad_out, weight, positions, gx, g, stream);
+          launch_grad_input<2, scalar_t, A>(grad_out, ints, vals, gx, g, stream);
         } else {
-          launch_grad_input<0, scalar_t, A>(grad_out, weight, positions, gx, g, stream);
+          launch_grad_input<0, scalar_t, A>(grad_out, ints, vals, gx, g, stream);
         }
       });
     }
     if (need_sums) {
       const int64_t elems = g.batch * g.out_h * g.out_w;
       const int64_t chunks = std::max<int64_t>(1, (elems + kChunk - 1) / kChunk);
-      at::Tensor partial = at::zeros({chunks, g.c_in * g.synapses * 3}, positions.options());
+      at::Tensor partial = at::zeros({chunks, g.c_in * t.cap}, positions.options());
       TORCH_CHECK(g.c_in <= 65535, "acuzoo: the depthwise CUDA kernel handles at most 65535 channels");
-      if (elems > 0) {
-        ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_params_cuda", [&] {
-          using A = at::opmath_type<scalar_t>;
+      ACU_DISPATCH(input.scalar_type(), "acu_depthwise_grad_params_cuda", [&] {
+        using A = at::opmath_type<scalar_t>;
+        if (elems > 0) {
           const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(g.c_in));
-          dw_grad_params_kernel<scalar_t, A><<<grid, kThreads, channel_smem_bytes<A>(g.synapses), stream>>>(
-              grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-              weight.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(), partial.mutable_data_ptr<A>(),
-              g.batch, dims_of(g));
+          const size_t smem = static_cast<size_t>(t.slot_cell()) * sizeof(int);
+          dw_cell_dots_kernel<scalar_t, A><<<grid, kThreads, smem, stream>>>(
+              grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), ints.const_data_ptr<int>(),
+              partial.mutable_data_ptr<A>(), g.batch, dims_of(g), t);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      }
-      sums = reduce_rows(partial).view({g.c_in, g.synapses, 3});
+        }
+        const at::Tensor dots = reduce_rows(partial);
+        sums = at::empty({g.c_in, g.synapses, 3}, positions.options());
+        const int64_t pairs = g.c_in * g.synapses;
+        combine_sums_kernel<scalar_t, A><<<static_cast<unsigned>((pairs + 127) / 128), 128, 0, stream>>>(
+            ints.const_data_ptr<int>(), vals.const_data_ptr<A>(), dots.const_data_ptr<A>(),
+            weight.const_data_ptr<scalar_t>(), sums.mutable_data_ptr<A>(), g.c_in, t);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     }
     return {gx, sums};
   }

@@ -173,65 +173,198 @@ ACU_HD void synapse_taps(const A* pos, int64_t p, int64_t k, int64_t K, AxisTaps
   tb = axis_taps<A>(pos[(p * K + k) * 2 + 1]);
 }
 
-// ---- depthwise: one plane (sample n, channel c) at a time ----------------------------
-// A kernel block (or the twin's loop) works inside one plane or one channel, so it turns
-// the channel's positions into taps once (synapse_taps_of) and every element reads them.
+// ---- depthwise: a channel's ACU as a sparse kernel ------------------------------------
+// Every synapse of one channel reads a few integer offsets of the input (2x2 between
+// integers, up to 3x3 on an integer coordinate, whose slope reads both neighbours). A
+// channel table lists them once per channel, merged by offset:
+//   taps:  offset -> sum over synapses of w_k * hat weight (the forward and input gradient);
+//   cells: every offset a value or slope read touches, and for each synapse slot
+//          (k, i, j) of its 3x3 window the cell it reads with (value, d/dalpha, d/dbeta)
+//          coefficients. The weight/position gradients are then dots of the output gradient
+//          with the input at each cell (one read per cell, not per synapse), combined per
+//          synapse at the end (combine_synapse_sums).
+// The table is built by one thread per channel (GPU) or per channel (twin), in synapse
+// order, so the sums are the same every run.
 
-// Synapses whose weight/position sums one GPU thread keeps in registers at a time.
-constexpr int kSynapseGroup = 9;
+constexpr int kSlotsPerSynapse = 9;  // a 3x3 window of one synapse's reads
+constexpr int kDotsPerPass = 32;     // cell dots one GPU thread keeps in registers
 
-template <typename A>
-struct TapPair {
-  AxisTaps<A> a;  // rows
-  AxisTaps<A> b;  // columns
+// Layout of one channel's table: ints then op-math values, cap = 9 * K entries each.
+struct TableLayout {
+  int K, cap;
+  // ints: [0] taps, [1] cells, [2..5] tap box (min/max row, min/max col), [6..9] cell box,
+  // then tap_dr, tap_dc, cell_dr, cell_dc (cap each), slot_cell (9 * K, -1 = no read).
+  ACU_HD static TableLayout of(int64_t K) { return {static_cast<int>(K), kSlotsPerSynapse * static_cast<int>(K)}; }
+  ACU_HD int ints() const { return 10 + 4 * cap + kSlotsPerSynapse * K; }
+  ACU_HD int tap_dr() const { return 10; }
+  ACU_HD int tap_dc() const { return 10 + cap; }
+  ACU_HD int cell_dr() const { return 10 + 2 * cap; }
+  ACU_HD int cell_dc() const { return 10 + 3 * cap; }
+  ACU_HD int slot_cell() const { return 10 + 4 * cap; }
+  // values: tap weights (cap), then the slots' (value, d/dalpha, d/dbeta) coefficients.
+  ACU_HD int values() const { return cap + 3 * kSlotsPerSynapse * K; }
+  ACU_HD int tap_w() const { return 0; }
+  ACU_HD int slot_coef() const { return cap; }
 };
 
-template <typename A>
-ACU_HD TapPair<A> synapse_taps_of(const A* pos, int64_t p, int64_t k, int64_t K) {
-  return {axis_taps<A>(pos[(p * K + k) * 2]), axis_taps<A>(pos[(p * K + k) * 2 + 1])};
+// Index of offset (dr, dc) in a list, appended if new. Offsets inside a 16x16 window
+// around the origin are found through `map` (the usual case: a linear search per read
+// would cost the GPU's single builder thread O(cap^2)); others by a linear search.
+constexpr int kMapHalf = 8, kMapSide = 2 * kMapHalf, kMapSize = kMapSide * kMapSide;
+
+ACU_HD int find_or_add(int* dr_list, int* dc_list, int& count, short* map, int dr, int dc) {
+  const bool mapped = dr >= -kMapHalf && dr < kMapHalf && dc >= -kMapHalf && dc < kMapHalf;
+  const int slot = (dr + kMapHalf) * kMapSide + dc + kMapHalf;
+  if (mapped) {
+    const int at = map[slot];
+    if (at >= 0) return at;
+  } else {
+    for (int e = 0; e < count; ++e) {
+      if (dr_list[e] == dr && dc_list[e] == dc) return e;
+    }
+  }
+  dr_list[count] = dr;
+  dc_list[count] = dc;
+  if (mapped) map[slot] = static_cast<short>(count);
+  return count++;
 }
 
-// Depthwise forward at output (m, j) of one plane: xp is the input plane, w and taps the
-// channel's K weights and synapses.
+ACU_HD void box_of(const int* dr, const int* dc, int n, int* box) {
+  box[0] = 0, box[1] = 0, box[2] = 0, box[3] = 0;  // empty lists read nothing: any pixel is inside
+  for (int e = 0; e < n; ++e) {
+    if (e == 0 || dr[e] < box[0]) box[0] = dr[e];
+    if (e == 0 || dr[e] > box[1]) box[1] = dr[e];
+    if (e == 0 || dc[e] < box[2]) box[2] = dc[e];
+    if (e == 0 || dc[e] > box[3]) box[3] = dc[e];
+  }
+}
+
+// Builds the table of channel c (position set p, weights w of the channel's K synapses).
+// map: kMapSize shorts of scratch.
 template <typename A, typename S>
-ACU_HD A dw_forward_at(const S* xp, const A* w, const TapPair<A>* taps, const Dims& d, int m, int j) {
+ACU_HD void build_channel_table(const A* pos, int64_t p, const S* w, const TableLayout& t, int* ints, A* vals,
+                                short* map) {
+  for (int e = 0; e < kMapSize; ++e) map[e] = -1;
+  int taps = 0, cells = 0;
+  int* tap_dr = ints + t.tap_dr();
+  int* tap_dc = ints + t.tap_dc();
+  A* tap_w = vals + t.tap_w();
+  // Taps first (their own map), then cells (the map reset).
+  for (int k = 0; k < t.K; ++k) {
+    const AxisTaps<A> ta = axis_taps<A>(pos[(p * t.K + k) * 2]), tb = axis_taps<A>(pos[(p * t.K + k) * 2 + 1]);
+    const A wk = static_cast<A>(w[k]);
+    for (int i = 0; i < ta.count; ++i) {
+      for (int j = 0; j < tb.count; ++j) {
+        const A cv = ta.value[i] * tb.value[j];
+        if (cv == A(0)) continue;
+        const int before = taps;
+        const int e = find_or_add(tap_dr, tap_dc, taps, map, ta.first + i, tb.first + j);
+        tap_w[e] = (e == before ? A(0) : tap_w[e]) + wk * cv;
+      }
+    }
+  }
+  for (int e = 0; e < kMapSize; ++e) map[e] = -1;
+  int* cell_dr = ints + t.cell_dr();
+  int* cell_dc = ints + t.cell_dc();
+  int* slot_cell = ints + t.slot_cell();
+  A* coef = vals + t.slot_coef();
+  for (int k = 0; k < t.K; ++k) {
+    const AxisTaps<A> ta = axis_taps<A>(pos[(p * t.K + k) * 2]), tb = axis_taps<A>(pos[(p * t.K + k) * 2 + 1]);
+    for (int slot = 0; slot < kSlotsPerSynapse; ++slot) {
+      const int i = slot / 3, j = slot % 3, at = k * kSlotsPerSynapse + slot;
+      A cv = A(0), ca = A(0), cb = A(0);
+      if (i < ta.count && j < tb.count) {
+        cv = ta.value[i] * tb.value[j];
+        ca = ta.slope[i] * tb.value[j];
+        cb = ta.value[i] * tb.slope[j];
+      }
+      coef[3 * at] = cv;
+      coef[3 * at + 1] = ca;
+      coef[3 * at + 2] = cb;
+      slot_cell[at] = (cv == A(0) && ca == A(0) && cb == A(0))
+                          ? -1
+                          : find_or_add(cell_dr, cell_dc, cells, map, ta.first + i, tb.first + j);
+    }
+  }
+  ints[0] = taps;
+  ints[1] = cells;
+  box_of(tap_dr, tap_dc, taps, ints + 2);
+  box_of(cell_dr, cell_dc, cells, ints + 6);
+}
+
+// Whether every offset of a box read from (r0, c0) falls inside an h x w plane.
+ACU_HD bool box_inside(const int* box, int r0, int c0, int h, int w) {
+  return r0 + box[0] >= 0 && r0 + box[1] < h && c0 + box[2] >= 0 && c0 + box[3] < w;
+}
+
+// Forward of one output: the taps read from (r0, c0) = (m * sh, j * sw) of plane xp.
+template <typename A, typename S>
+ACU_HD A sparse_forward_at(const S* xp, int h, int w, int r0, int c0, const int* dr, const int* dc, const A* tw,
+                           int n, bool inside) {
   A acc = A(0);
-  for (int k = 0; k < static_cast<int>(d.K); ++k) {
-    acc += w[k] * read_value<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw,
-                                taps[k].a, taps[k].b);
+  if (inside) {
+    const S* at = xp + static_cast<int64_t>(r0) * w + c0;
+    for (int e = 0; e < n; ++e) acc += tw[e] * static_cast<A>(at[dr[e] * w + dc[e]]);
+  } else {
+    for (int e = 0; e < n; ++e) {
+      const int r = r0 + dr[e], c = c0 + dc[e];
+      if (r >= 0 && r < h && c >= 0 && c < w) acc += tw[e] * static_cast<A>(xp[static_cast<int64_t>(r) * w + c]);
+    }
   }
   return acc;
 }
 
-// Depthwise input gradient at input (r, c) of one plane, as a gather from the plane's
-// output gradient gp. ST > 0: both strides are ST.
+// Input gradient of input (r, c) = (R * sh + pr, C * sw + pc), as a gather from the
+// output gradient gp (ho x wo): tap e reaches it from output ((r - dr) / sh, (c - dc) / sw)
+// when both divide. Callers walk the sh x sw classes (pr, pc) in step across threads, so
+// the divisibility test takes the same branch in every thread of a GPU warp. ST > 0: both
+// strides are ST, known at compile time.
 template <int ST, typename A, typename S>
-ACU_HD A dw_grad_input_at(const S* gp, const A* w, const TapPair<A>* taps, const Dims& d, int r, int c) {
+ACU_HD A sparse_gather_at(const S* gp, int ho, int wo, int sh, int sw, int R, int C, int pr, int pc, const int* dr,
+                          const int* dc, const A* tw, int n) {
+  const int st_h = ST > 0 ? ST : sh, st_w = ST > 0 ? ST : sw;
   A acc = A(0);
-  for (int k = 0; k < static_cast<int>(d.K); ++k) {
-    acc += w[k] * gather_plane<A, S, ST>(gp, static_cast<int>(d.Ho), static_cast<int>(d.Wo), d.sh, d.sw, r, c,
-                                         taps[k].a, taps[k].b);
+  for (int e = 0; e < n; ++e) {
+    const int qr = pr - dr[e], qc = pc - dc[e];
+    if (qr % st_h != 0 || qc % st_w != 0) continue;
+    const int m = R + qr / st_h, j = C + qc / st_w;
+    if (m >= 0 && m < ho && j >= 0 && j < wo) acc += tw[e] * static_cast<A>(gp[static_cast<int64_t>(m) * wo + j]);
   }
   return acc;
 }
 
-// Depthwise weight/position terms of output (m, j) of one plane with output gradient g:
-// adds g times (value read, d/dalpha read, d/dbeta read) of synapses k0 .. k0 + KG - 1
-// (those below K) to acc. KG is fixed so that acc lives in registers on the GPU.
-template <int KG, typename A, typename S>
-ACU_HD void dw_param_terms_at(const S* xp, const TapPair<A>* taps, const Dims& d, int k0, int m, int j, A g,
-                              A (&acc)[KG][3]) {
+// Adds g times the input at cells e0 .. e0 + E - 1 (those below n) read from (r0, c0) to
+// dots. E is fixed so that the dots live in registers on the GPU.
+template <int E, typename A, typename S>
+ACU_HD void cell_dots_at(const S* xp, int h, int w, int r0, int c0, const int* dr, const int* dc, int e0, int n,
+                         bool inside, A g, A (&dots)[E]) {
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
-  for (int kk = 0; kk < KG; ++kk) {
-    if (k0 + kk >= static_cast<int>(d.K)) break;
-    const TapPair<A>& t = taps[k0 + kk];
-    const Read3<A> r = read_plane<A>(xp, static_cast<int>(d.H), static_cast<int>(d.W), m * d.sh, j * d.sw, t.a, t.b);
-    acc[kk][0] += g * r.value;
-    acc[kk][1] += g * r.d_alpha;
-    acc[kk][2] += g * r.d_beta;
+  for (int q = 0; q < E; ++q) {
+    const int e = e0 + q;
+    if (e >= n) break;
+    const int r = r0 + dr[e], c = c0 + dc[e];
+    if (inside || (r >= 0 && r < h && c >= 0 && c < w)) dots[q] += g * static_cast<A>(xp[static_cast<int64_t>(r) * w + c]);
   }
+}
+
+// The (d/dw, w * d/dalpha, w * d/dbeta) sums of synapse k from the channel's cell dots.
+template <typename A>
+ACU_HD void combine_synapse_sums(const int* ints, const A* vals, const TableLayout& t, const A* dots, int k, A wk,
+                                 A* out) {
+  A v = A(0), a = A(0), b = A(0);
+  for (int slot = 0; slot < kSlotsPerSynapse; ++slot) {
+    const int at = k * kSlotsPerSynapse + slot, cell = ints[t.slot_cell() + at];
+    if (cell < 0) continue;
+    const A* coef = vals + t.slot_coef() + 3 * at;
+    v += coef[0] * dots[cell];
+    a += coef[1] * dots[cell];
+    b += coef[2] * dots[cell];
+  }
+  out[0] = v;
+  out[1] = wk * a;
+  out[2] = wk * b;
 }
 
 // Columns element idx of (nb, U, rows, Ho * Wo).

@@ -29,12 +29,28 @@ struct TwinBackend {
   // Two chunks for any batch above one, so that the chunked columns code is exercised.
   static int64_t columns_chunk(const Geometry& g) { return std::max<int64_t>(1, (g.batch + 1) / 2); }
 
-  // The channel's taps, as a CUDA block keeps them in shared memory.
+  // Every channel's sparse table, as the CUDA build kernel writes them.
   template <typename T>
-  static std::vector<TapPair<T>> channel_taps(const T* pos, int64_t c, const Dims& d) {
-    std::vector<TapPair<T>> taps(d.K);
-    for (int64_t k = 0; k < d.K; ++k) taps[k] = synapse_taps_of<T>(pos, c / d.per_set, k, d.K);
-    return taps;
+  struct Tables {
+    TableLayout t;
+    std::vector<int> ints;
+    std::vector<T> vals;
+    const int* ints_of(int64_t c) const { return ints.data() + c * t.ints(); }
+    const T* vals_of(int64_t c) const { return vals.data() + c * t.values(); }
+  };
+
+  template <typename T>
+  static Tables<T> build_tables(const T* pos, const T* w, const Geometry& g) {
+    Tables<T> tables{TableLayout::of(g.synapses), {}, {}};
+    const TableLayout& t = tables.t;
+    tables.ints.resize(g.c_in * t.ints());
+    tables.vals.resize(g.c_in * t.values());
+    std::vector<short> map(kMapSize);
+    for (int64_t c = 0; c < g.c_in; ++c) {
+      build_channel_table<T, T>(pos, c / (g.c_out / g.sets), w + c * t.K, t, tables.ints.data() + c * t.ints(),
+                                tables.vals.data() + c * t.values(), map.data());
+    }
+    return tables;
   }
 
   static at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
@@ -45,19 +61,24 @@ struct TwinBackend {
       using T = scalar_t;
       const Dims d = twin_dims(g);
       const T* x = input.const_data_ptr<T>();
-      const T* w = weight.const_data_ptr<T>();
-      const T* pos = positions.const_data_ptr<T>();
       const T* b = bias.has_value() ? bias->const_data_ptr<T>() : nullptr;
+      const auto tables = build_tables(positions.const_data_ptr<T>(), weight.const_data_ptr<T>(), g);
+      const TableLayout& t = tables.t;
       T* y = out.mutable_data_ptr<T>();
+      const int h = static_cast<int>(d.H), w = static_cast<int>(d.W);
       at::parallel_for(0, g.batch * g.c_in, 1, [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t c = plane % d.C;
-          const auto taps = channel_taps(pos, c, d);
+          const int* ints = tables.ints_of(c);
+          const T* vals = tables.vals_of(c);
           const T bc = b ? b[c] : T(0);
           for (int m = 0; m < d.Ho; ++m) {
             for (int j = 0; j < d.Wo; ++j) {
+              const int r0 = m * d.sh, c0 = j * d.sw;
               y[(plane * d.Ho + m) * d.Wo + j] =
-                  bc + dw_forward_at<T>(x + plane * d.H * d.W, w + c * d.K, taps.data(), d, m, j);
+                  bc + sparse_forward_at<T>(x + plane * d.H * d.W, h, w, r0, c0, ints + t.tap_dr(),
+                                            ints + t.tap_dc(), vals + t.tap_w(), ints[0],
+                                            box_inside(ints + 2, r0, c0, h, w));
             }
           }
         }
@@ -66,17 +87,28 @@ struct TwinBackend {
     return out;
   }
 
-  // The input gradient with the compile-time strides the CUDA kernel is built with.
+  // The input gradient with the compile-time strides the CUDA kernel is built with, walking
+  // the sh x sw blocks of input pixels as its threads do.
   template <int ST, typename T>
-  static void grad_input(const T* go, const T* w, const T* pos, T* gx, const Dims& d, int64_t planes) {
+  static void grad_input(const T* go, const Tables<T>& tables, T* gx, const Dims& d, int64_t planes) {
+    const TableLayout& t = tables.t;
+    const int sh = d.sh, sw = d.sw, h = static_cast<int>(d.H), w = static_cast<int>(d.W);
+    const int rows = (h + sh - 1) / sh, cols = (w + sw - 1) / sw;
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        const int64_t c = plane % d.C;
-        const auto taps = channel_taps(pos, c, d);
-        for (int r = 0; r < d.H; ++r) {
-          for (int col = 0; col < d.W; ++col) {
-            gx[(plane * d.H + r) * d.W + col] =
-                dw_grad_input_at<ST, T>(go + plane * d.Ho * d.Wo, w + c * d.K, taps.data(), d, r, col);
+        const int* ints = tables.ints_of(plane % d.C);
+        const T* vals = tables.vals_of(plane % d.C);
+        for (int R = 0; R < rows; ++R) {
+          for (int C = 0; C < cols; ++C) {
+            for (int pr = 0; pr < sh; ++pr) {
+              for (int pc = 0; pc < sw; ++pc) {
+                const int r = R * sh + pr, c = C * sw + pc;
+                if (r >= h || c >= w) continue;
+                gx[(plane * h + r) * w + c] = sparse_gather_at<ST, T>(
+                    go + plane * d.Ho * d.Wo, static_cast<int>(d.Ho), static_cast<int>(d.Wo), sh, sw, R, C, pr, pc,
+                    ints + t.tap_dr(), ints + t.tap_dc(), vals + t.tap_w(), ints[0]);
+              }
+            }
           }
         }
       }
@@ -94,41 +126,45 @@ struct TwinBackend {
       const T* x = input.const_data_ptr<T>();
       const T* go = grad_out.const_data_ptr<T>();
       const T* w = weight.const_data_ptr<T>();
-      const T* pos = positions.const_data_ptr<T>();
+      const auto tables = build_tables(positions.const_data_ptr<T>(), w, g);
+      const TableLayout& t = tables.t;
       if (need_x) {
         T* gxp = gx.mutable_data_ptr<T>();
         const int64_t planes = g.batch * g.c_in;
         if (d.sh == 1 && d.sw == 1) {
-          grad_input<1, T>(go, w, pos, gxp, d, planes);
+          grad_input<1, T>(go, tables, gxp, d, planes);
         } else if (d.sh == 2 && d.sw == 2) {
-          grad_input<2, T>(go, w, pos, gxp, d, planes);
+          grad_input<2, T>(go, tables, gxp, d, planes);
         } else {
-          grad_input<0, T>(go, w, pos, gxp, d, planes);
+          grad_input<0, T>(go, tables, gxp, d, planes);
         }
       }
       if (need_sums) {
         T* out = sums.mutable_data_ptr<T>();
+        const int h = static_cast<int>(d.H), wd = static_cast<int>(d.W);
         at::parallel_for(0, g.c_in, 1, [&](int64_t begin, int64_t end) {
+          std::vector<T> dots(t.cap);
           for (int64_t c = begin; c < end; ++c) {
-            const auto taps = channel_taps(pos, c, d);
-            for (int k0 = 0; k0 < d.K; k0 += kSynapseGroup) {
-              T acc[kSynapseGroup][3] = {};
-              for (int64_t n = 0; n < g.batch; ++n) {
-                const int64_t plane = n * d.C + c;
+            const int* ints = tables.ints_of(c);
+            const int n = ints[1];
+            for (int e0 = 0; e0 < n; e0 += kDotsPerPass) {
+              T pass[kDotsPerPass] = {};
+              for (int64_t s = 0; s < g.batch; ++s) {
+                const int64_t plane = s * d.C + c;
                 for (int m = 0; m < d.Ho; ++m) {
                   for (int j = 0; j < d.Wo; ++j) {
-                    const T gv = go[(plane * d.Ho + m) * d.Wo + j];
-                    dw_param_terms_at<kSynapseGroup, T>(x + plane * d.H * d.W, taps.data(), d, k0, m, j, gv, acc);
+                    const int r0 = m * d.sh, c0 = j * d.sw;
+                    cell_dots_at<kDotsPerPass, T>(x + plane * d.H * d.W, h, wd, r0, c0, ints + t.cell_dr(),
+                                                  ints + t.cell_dc(), e0, n, box_inside(ints + 6, r0, c0, h, wd),
+                                                  go[(plane * d.Ho + m) * d.Wo + j], pass);
                   }
                 }
               }
-              for (int kk = 0; kk < kSynapseGroup && k0 + kk < d.K; ++kk) {
-                T* dst = out + (c * d.K + k0 + kk) * 3;
-                const T wk = w[c * d.K + k0 + kk];
-                dst[0] = acc[kk][0];
-                dst[1] = wk * acc[kk][1];
-                dst[2] = wk * acc[kk][2];
-              }
+              for (int q = 0; q < kDotsPerPass && e0 + q < n; ++q) dots[e0 + q] = pass[q];
+            }
+            for (int k = 0; k < t.K; ++k) {
+              combine_synapse_sums<T>(ints, tables.vals_of(c), t, dots.data(), k, w[c * t.K + k],
+                                      out + (c * t.K + k) * 3);
             }
           }
         });
