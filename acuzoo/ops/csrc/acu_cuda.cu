@@ -22,7 +22,7 @@ namespace acu {
 namespace {
 
 constexpr int kThreads = 256;        // power of two: the block reductions halve it
-constexpr int64_t kChunk = 16384;    // output elements per block in the depthwise param grads
+constexpr int64_t kChunk = 8192;     // output elements per block in the depthwise param grads
 constexpr int64_t kColumnsBytes = int64_t(256) << 20;  // cap on one chunk's bilinear columns
 
 inline int blocks_for(int64_t total) {
@@ -97,12 +97,6 @@ __device__ __forceinline__ void load_table(const int* __restrict__ ints, const A
   __syncthreads();
 }
 
-template <typename A>
-__device__ __forceinline__ void load_flat_weights(const A* tap_w, int n, A (&tw)[kFlatTaps]) {
-#pragma unroll
-  for (int q = 0; q < kFlatTaps; ++q) tw[q] = q < n ? tap_w[q] : A(0);
-}
-
 // Shared memory of the tap kernels: tap lists (ints up to tap_dc's end) and tap weights.
 template <typename A>
 size_t tap_smem_bytes(const TableLayout& t) {
@@ -133,20 +127,12 @@ __global__ void dw_forward_kernel(const S* __restrict__ x, const int* __restrict
   S* op = out + plane * pixels;
   const A b = bias ? static_cast<A>(bias[c]) : A(0);
   const int n = s_ints[0];
-  // Up to kFlatTaps taps live in registers as flat offsets (no shared-memory reads per tap).
-  const bool flat = n <= kFlatTaps;
-  int off[kFlatTaps];
-  A tw[kFlatTaps];
-  flatten_offsets<kFlatTaps>(s_ints + t.tap_dr(), s_ints + t.tap_dc(), 0, flat ? n : 0, w, 1, off);
-  load_flat_weights<A>(s_vals + t.tap_w(), flat ? n : 0, tw);
   for (int pix = start + threadIdx.x; pix < stop; pix += blockDim.x) {
     const int m = pix / wo, j = pix - m * wo;
     const int r0 = m * d.sh, c0 = j * d.sw;
     const bool inside = box_inside(s_ints + 2, r0, c0, h, w);
-    const A v = flat && inside ? flat_taps_at<kFlatTaps, A>(xp + r0 * w + c0, off, tw, n)
-                               : sparse_forward_at<A>(xp, h, w, r0, c0, s_ints + t.tap_dr(), s_ints + t.tap_dc(),
-                                                      s_vals + t.tap_w(), n, inside);
-    op[pix] = static_cast<S>(b + v);
+    op[pix] = static_cast<S>(b + sparse_forward_at<A>(xp, h, w, r0, c0, s_ints + t.tap_dr(), s_ints + t.tap_dc(),
+                                                      s_vals + t.tap_w(), n, inside));
   }
 }
 
@@ -170,35 +156,8 @@ __global__ void dw_grad_input_kernel(const S* __restrict__ go, const int* __rest
   const S* gp = go + plane * d.Ho * d.Wo;
   S* xp = gx + plane * d.H * d.W;
   const int n = s_ints[0];
-  // Taps in registers: at stride 1 the gather is a correlation with the flipped taps; at
-  // stride 2 each tap serves one of the four stride classes.
-  const bool flat = (ST == 1 || ST == 2) && n <= kFlatTaps;
-  int off[kFlatTaps], cls[kFlatTaps], box2[4];
-  A tw[kFlatTaps];
-  if (ST == 2) {
-    flatten_stride2<kFlatTaps>(s_ints + t.tap_dr(), s_ints + t.tap_dc(), flat ? n : 0, wo, off, cls, box2);
-  } else {
-    flatten_offsets<kFlatTaps>(s_ints + t.tap_dr(), s_ints + t.tap_dc(), 0, flat ? n : 0, wo, -1, off);
-  }
-  load_flat_weights<A>(s_vals + t.tap_w(), flat ? n : 0, tw);
   for (int q = start + threadIdx.x; q < stop; q += blockDim.x) {
     const int R = q / cols, C = q - R * cols;
-    if (ST == 1 && flat && flipped_box_inside(s_ints + 2, R, C, ho, wo)) {
-      xp[static_cast<int64_t>(R) * w + C] = static_cast<S>(flat_taps_at<kFlatTaps, A>(gp + R * wo + C, off, tw, n));
-      continue;
-    }
-    if (ST == 2 && flat && box_inside(box2, R, C, ho, wo)) {
-      for (int pr = 0; pr < 2; ++pr) {
-        for (int pc = 0; pc < 2; ++pc) {
-          const int r = 2 * R + pr, c = 2 * C + pc;
-          if (r < h && c < w) {
-            xp[static_cast<int64_t>(r) * w + c] =
-                static_cast<S>(stride2_class_at<kFlatTaps, A>(gp + R * wo + C, off, cls, tw, n, 2 * pr + pc));
-          }
-        }
-      }
-      continue;
-    }
     for (int pr = 0; pr < sh; ++pr) {
       for (int pc = 0; pc < sw; ++pc) {
         const int r = R * sh + pr, c = C * sw + pc;
@@ -237,10 +196,6 @@ __global__ void __launch_bounds__(kThreads) dw_cell_dots_kernel(const S* __restr
     A dots[kDots];
 #pragma unroll
     for (int q = 0; q < kDots; ++q) dots[q] = A(0);
-    // The pass's cells as flat offsets in registers, for elements whose reads are all inside.
-    int off[kDots];
-    flatten_offsets<kDots>(s_ints + t.cell_dr(), s_ints + t.cell_dc(), e0, n, w, 1, off);
-    const int count = min(kDots, n - e0);
     // (n, pix) of element e, stepped without a 64-bit division per element.
     int64_t e = start + threadIdx.x;
     int64_t sample = e / pixels;
@@ -250,12 +205,8 @@ __global__ void __launch_bounds__(kThreads) dw_cell_dots_kernel(const S* __restr
       const int r0 = m * d.sh, c0 = j * d.sw;
       const int64_t plane = sample * d.C + c;
       const A g = static_cast<A>(go[plane * pixels + pix]);
-      const S* xp = x + plane * d.H * d.W;
-      if (box_inside(s_ints + 6, r0, c0, h, w)) {
-        flat_cell_dots_at<kDots, A>(xp + r0 * w + c0, off, count, g, dots);
-      } else {
-        cell_dots_at<kDots, A>(xp, h, w, r0, c0, s_ints + t.cell_dr(), s_ints + t.cell_dc(), e0, n, false, g, dots);
-      }
+      cell_dots_at<kDots, A>(x + plane * d.H * d.W, h, w, r0, c0, s_ints + t.cell_dr(), s_ints + t.cell_dc(), e0, n,
+                             box_inside(s_ints + 6, r0, c0, h, w), g, dots);
       pix += blockDim.x;
       while (pix >= pixels) {
         pix -= pixels;

@@ -188,7 +188,6 @@ ACU_HD void synapse_taps(const A* pos, int64_t p, int64_t k, int64_t K, AxisTaps
 
 constexpr int kSlotsPerSynapse = 9;  // a 3x3 window of one synapse's reads
 constexpr int kDotsPerPass = 32;     // cell dots one GPU thread keeps in registers
-constexpr int kFlatTaps = 32;        // taps a GPU thread holds in registers (flat offsets)
 
 // Layout of one channel's table: ints then op-math values, cap = 9 * K entries each.
 struct TableLayout {
@@ -315,77 +314,6 @@ ACU_HD A sparse_forward_at(const S* xp, int h, int w, int r0, int c0, const int*
   return acc;
 }
 
-// Whether every offset of a box, subtracted from (r, c), falls inside an h x w plane: the
-// input gradient at stride 1 reads the output gradient at (r - dr, c - dc).
-ACU_HD bool flipped_box_inside(const int* box, int r, int c, int h, int w) {
-  return r - box[1] >= 0 && r - box[0] < h && c - box[3] >= 0 && c - box[2] < w;
-}
-
-// Offsets of a list flattened for a plane of width w: sign * (dr * w + dc), zero past n.
-template <int E>
-ACU_HD void flatten_offsets(const int* dr, const int* dc, int e0, int n, int w, int sign, int (&off)[E]) {
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int q = 0; q < E; ++q) off[q] = e0 + q < n ? sign * (dr[e0 + q] * w + dc[e0 + q]) : 0;
-}
-
-// The inside case with the taps in registers (n <= E): sum of tw[q] * at[off[q]]. The
-// forward reads from (r0, c0) with offsets +(dr, dc); the input gradient at stride 1 reads
-// the output gradient from (r, c) with -(dr, dc).
-template <int E, typename A, typename S>
-ACU_HD A flat_taps_at(const S* at, const int (&off)[E], const A (&tw)[E], int n) {
-  A acc = A(0);
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int q = 0; q < E; ++q) {
-    if (q >= n) break;
-    acc += tw[q] * static_cast<A>(at[off[q]]);
-  }
-  return acc;
-}
-
-// Stride 2 on both axes with the taps in registers: tap q belongs to the stride class
-// cls = 2 * pr + pc, (pr, pc) = (dr mod 2, dc mod 2), and reaches input (2R + pr, 2C + pc)
-// from output (R + qr, C + qc), qr = (pr - dr) / 2, qc = (pc - dc) / 2; off = qr * wo + qc.
-// box: the range of (qr, qc) over the taps, for the inside test of a block of 2x2 inputs.
-template <int E>
-ACU_HD void flatten_stride2(const int* dr, const int* dc, int n, int wo, int (&off)[E], int (&cls)[E], int* box) {
-  box[0] = 0, box[1] = 0, box[2] = 0, box[3] = 0;
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int q = 0; q < E; ++q) {
-    off[q] = 0;
-    cls[q] = -1;
-    if (q >= n) continue;
-    const int pr = dr[q] & 1, pc = dc[q] & 1;  // two's complement: -1 & 1 == 1
-    const int qr = (pr - dr[q]) / 2, qc = (pc - dc[q]) / 2;
-    off[q] = qr * wo + qc;
-    cls[q] = 2 * pr + pc;
-    if (q == 0 || qr < box[0]) box[0] = qr;
-    if (q == 0 || qr > box[1]) box[1] = qr;
-    if (q == 0 || qc < box[2]) box[2] = qc;
-    if (q == 0 || qc > box[3]) box[3] = qc;
-  }
-}
-
-// The input gradient of stride class k of the 2x2 inputs at output (R, C) (at = gp + R *
-// wo + C), every read inside.
-template <int E, typename A, typename S>
-ACU_HD A stride2_class_at(const S* at, const int (&off)[E], const int (&cls)[E], const A (&tw)[E], int n, int k) {
-  A acc = A(0);
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int q = 0; q < E; ++q) {
-    if (q >= n) break;
-    if (cls[q] == k) acc += tw[q] * static_cast<A>(at[off[q]]);
-  }
-  return acc;
-}
-
 // Input gradient of input (r, c) = (R * sh + pr, C * sw + pc), as a gather from the
 // output gradient gp (ho x wo): tap e reaches it from output ((r - dr) / sh, (c - dc) / sw)
 // when both divide. Callers walk the sh x sw classes (pr, pc) in step across threads, so
@@ -418,18 +346,6 @@ ACU_HD void cell_dots_at(const S* xp, int h, int w, int r0, int c0, const int* d
     if (e >= n) break;
     const int r = r0 + dr[e], c = c0 + dc[e];
     if (inside || (r >= 0 && r < h && c >= 0 && c < w)) dots[q] += g * static_cast<A>(xp[static_cast<int64_t>(r) * w + c]);
-  }
-}
-
-// The inside case of cell_dots_at with the cells' offsets flattened (flatten_offsets).
-template <int E, typename A, typename S>
-ACU_HD void flat_cell_dots_at(const S* at, const int (&off)[E], int count, A g, A (&dots)[E]) {
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-  for (int q = 0; q < E; ++q) {
-    if (q >= count) break;
-    dots[q] += g * static_cast<A>(at[off[q]]);
   }
 }
 

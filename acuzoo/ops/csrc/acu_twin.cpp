@@ -40,11 +40,6 @@ struct TwinBackend {
   };
 
   template <typename T>
-  static void flat_weights(const T* tap_w, int n, T (&tw)[kFlatTaps]) {
-    for (int q = 0; q < kFlatTaps; ++q) tw[q] = q < n ? tap_w[q] : T(0);
-  }
-
-  template <typename T>
   static Tables<T> build_tables(const T* pos, const T* w, const Geometry& g) {
     Tables<T> tables{TableLayout::of(g.synapses), {}, {}};
     const TableLayout& t = tables.t;
@@ -77,21 +72,13 @@ struct TwinBackend {
           const int* ints = tables.ints_of(c);
           const T* vals = tables.vals_of(c);
           const T bc = b ? b[c] : T(0);
-          const int n = ints[0];
-          const bool flat = n <= kFlatTaps;
-          int off[kFlatTaps];
-          T tw[kFlatTaps];
-          flatten_offsets<kFlatTaps>(ints + t.tap_dr(), ints + t.tap_dc(), 0, flat ? n : 0, w, 1, off);
-          flat_weights(vals + t.tap_w(), flat ? n : 0, tw);
-          const T* xp = x + plane * d.H * d.W;
           for (int m = 0; m < d.Ho; ++m) {
             for (int j = 0; j < d.Wo; ++j) {
               const int r0 = m * d.sh, c0 = j * d.sw;
-              const bool inside = box_inside(ints + 2, r0, c0, h, w);
-              const T v = flat && inside ? flat_taps_at<kFlatTaps, T>(xp + r0 * w + c0, off, tw, n)
-                                         : sparse_forward_at<T>(xp, h, w, r0, c0, ints + t.tap_dr(),
-                                                                ints + t.tap_dc(), vals + t.tap_w(), n, inside);
-              y[(plane * d.Ho + m) * d.Wo + j] = bc + v;
+              y[(plane * d.Ho + m) * d.Wo + j] =
+                  bc + sparse_forward_at<T>(x + plane * d.H * d.W, h, w, r0, c0, ints + t.tap_dr(),
+                                            ints + t.tap_dc(), vals + t.tap_w(), ints[0],
+                                            box_inside(ints + 2, r0, c0, h, w));
             }
           }
         }
@@ -111,42 +98,15 @@ struct TwinBackend {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int* ints = tables.ints_of(plane % d.C);
         const T* vals = tables.vals_of(plane % d.C);
-        const int n = ints[0], ho = static_cast<int>(d.Ho), wo = static_cast<int>(d.Wo);
-        const T* gp = go + plane * d.Ho * d.Wo;
-        const bool flat = (ST == 1 || ST == 2) && n <= kFlatTaps;
-        int off[kFlatTaps], cls[kFlatTaps], box2[4];
-        T tw[kFlatTaps];
-        if (ST == 2) {
-          flatten_stride2<kFlatTaps>(ints + t.tap_dr(), ints + t.tap_dc(), flat ? n : 0, wo, off, cls, box2);
-        } else {
-          flatten_offsets<kFlatTaps>(ints + t.tap_dr(), ints + t.tap_dc(), 0, flat ? n : 0, wo, -1, off);
-        }
-        flat_weights(vals + t.tap_w(), flat ? n : 0, tw);
         for (int R = 0; R < rows; ++R) {
           for (int C = 0; C < cols; ++C) {
-            if (ST == 1 && flat && flipped_box_inside(ints + 2, R, C, ho, wo)) {
-              gx[(plane * h + R) * w + C] = flat_taps_at<kFlatTaps, T>(gp + R * wo + C, off, tw, n);
-              continue;
-            }
-            if (ST == 2 && flat && box_inside(box2, R, C, ho, wo)) {
-              for (int pr = 0; pr < 2; ++pr) {
-                for (int pc = 0; pc < 2; ++pc) {
-                  const int r = 2 * R + pr, c = 2 * C + pc;
-                  if (r < h && c < w) {
-                    gx[(plane * h + r) * w + c] =
-                        stride2_class_at<kFlatTaps, T>(gp + R * wo + C, off, cls, tw, n, 2 * pr + pc);
-                  }
-                }
-              }
-              continue;
-            }
             for (int pr = 0; pr < sh; ++pr) {
               for (int pc = 0; pc < sw; ++pc) {
                 const int r = R * sh + pr, c = C * sw + pc;
                 if (r >= h || c >= w) continue;
-                gx[(plane * h + r) * w + c] = sparse_gather_at<ST, T>(gp, ho, wo, sh, sw, R, C, pr, pc,
-                                                                      ints + t.tap_dr(), ints + t.tap_dc(),
-                                                                      vals + t.tap_w(), n);
+                gx[(plane * h + r) * w + c] = sparse_gather_at<ST, T>(
+                    go + plane * d.Ho * d.Wo, static_cast<int>(d.Ho), static_cast<int>(d.Wo), sh, sw, R, C, pr, pc,
+                    ints + t.tap_dr(), ints + t.tap_dc(), vals + t.tap_w(), ints[0]);
               }
             }
           }
@@ -189,22 +149,14 @@ struct TwinBackend {
             const int n = ints[1];
             for (int e0 = 0; e0 < n; e0 += kDotsPerPass) {
               T pass[kDotsPerPass] = {};
-              int off[kDotsPerPass];
-              flatten_offsets<kDotsPerPass>(ints + t.cell_dr(), ints + t.cell_dc(), e0, n, wd, 1, off);
-              const int count = std::min(kDotsPerPass, n - e0);
               for (int64_t s = 0; s < g.batch; ++s) {
                 const int64_t plane = s * d.C + c;
-                const T* xp = x + plane * d.H * d.W;
                 for (int m = 0; m < d.Ho; ++m) {
                   for (int j = 0; j < d.Wo; ++j) {
                     const int r0 = m * d.sh, c0 = j * d.sw;
-                    const T gv = go[(plane * d.Ho + m) * d.Wo + j];
-                    if (box_inside(ints + 6, r0, c0, h, wd)) {
-                      flat_cell_dots_at<kDotsPerPass, T>(xp + r0 * wd + c0, off, count, gv, pass);
-                    } else {
-                      cell_dots_at<kDotsPerPass, T>(xp, h, wd, r0, c0, ints + t.cell_dr(), ints + t.cell_dc(), e0, n,
-                                                    false, gv, pass);
-                    }
+                    cell_dots_at<kDotsPerPass, T>(x + plane * d.H * d.W, h, wd, r0, c0, ints + t.cell_dr(),
+                                                  ints + t.cell_dc(), e0, n, box_inside(ints + 6, r0, c0, h, wd),
+                                                  go[(plane * d.Ho + m) * d.Wo + j], pass);
                   }
                 }
               }
