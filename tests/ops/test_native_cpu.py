@@ -340,8 +340,17 @@ def test_cuda_element_code_equals_reference(ext, case, spread):
 # and offsets beyond the table builder's 16x16 map take the other branches.
 @pytest.mark.parametrize(
     "stride, k, spread",
-    [((1, 1), 25, 2.5), ((2, 2), 25, 2.5), ((3, 3), 9, 2.5), ((3, 3), 16, 2.5), ((2, 1), 9, 2.5), ((1, 1), 9, 30.0)],
-    ids=["5x5", "5x5_s2", "s3", "4x4_s3", "s2x1", "beyond_offset_map"],
+    [
+        ((1, 1), 25, 2.5),
+        ((2, 2), 25, 2.5),
+        ((1, 1), 9, 1.5),
+        ((2, 2), 9, 1.5),
+        ((3, 3), 9, 2.5),
+        ((3, 3), 16, 2.5),
+        ((2, 1), 9, 2.5),
+        ((1, 1), 9, 30.0),
+    ],
+    ids=["5x5", "5x5_s2", "3x3", "3x3_s2", "s3", "4x4_s3", "s2x1", "beyond_offset_map"],
 )
 def test_cuda_element_code_synapse_groups_and_strides(ext, stride, k, spread):
     x, weight, positions, b, _, groups = make_args((2, 5, 5, 23, 22, 5, 5, 1), spread, k=k)
