@@ -97,17 +97,10 @@ __device__ __forceinline__ void load_table(const int* __restrict__ ints, const A
   __syncthreads();
 }
 
-// Shared memory of the tap kernels: tap lists (ints up to tap_dc's end), the taps' flat
-// offsets (cap ints) and the tap weights.
+// Shared memory of the tap kernels: tap lists (ints up to tap_dc's end) and tap weights.
 template <typename A>
 size_t tap_smem_bytes(const TableLayout& t) {
-  return static_cast<size_t>(t.cell_dr() + t.cap) * sizeof(int) + static_cast<size_t>(t.cap) * sizeof(A) + 16;
-}
-
-// The block's flat offsets of a shared list (flatten_list), then a barrier.
-__device__ __forceinline__ void flatten_shared(const int* dr, const int* dc, int n, int w, int sign, int* flat) {
-  flatten_list(dr, dc, threadIdx.x, n, blockDim.x, w, sign, flat);
-  __syncthreads();
+  return static_cast<size_t>(t.cell_dr()) * sizeof(int) + static_cast<size_t>(t.cap) * sizeof(A) + 16;
 }
 
 template <typename A>
@@ -122,14 +115,12 @@ __global__ void dw_forward_kernel(const S* __restrict__ x, const int* __restrict
                                   PlaneTiles pt) {
   extern __shared__ __align__(16) unsigned char dw_smem[];
   int* s_ints = reinterpret_cast<int*>(dw_smem);
-  A* s_vals = after_ints<A>(dw_smem, t.cell_dr() + t.cap);
-  int* s_flat = s_ints + t.cell_dr();
+  A* s_vals = after_ints<A>(dw_smem, t.cell_dr());
   const int64_t plane = blockIdx.x / pt.tiles;
   const int tile = static_cast<int>(blockIdx.x - plane * pt.tiles);
   const int64_t c = plane % d.C;
   load_table<A>(ints + c * t.ints(), vals + c * t.values(), t.cell_dr(), t.cap, s_ints, s_vals);
   const int h = static_cast<int>(d.H), w = static_cast<int>(d.W);
-  flatten_shared(s_ints + t.tap_dr(), s_ints + t.tap_dc(), s_ints[0], w, 1, s_flat);
   const int wo = static_cast<int>(d.Wo), pixels = static_cast<int>(d.Ho * d.Wo);
   const int start = tile * pt.tile, stop = min(start + pt.tile, pixels);
   const S* xp = x + plane * d.H * d.W;
@@ -141,7 +132,7 @@ __global__ void dw_forward_kernel(const S* __restrict__ x, const int* __restrict
     const int r0 = m * d.sh, c0 = j * d.sw;
     const bool inside = box_inside(s_ints + 2, r0, c0, h, w);
     op[pix] = static_cast<S>(b + sparse_forward_at<A>(xp, h, w, r0, c0, s_ints + t.tap_dr(), s_ints + t.tap_dc(),
-                                                      s_flat, s_vals + t.tap_w(), n, inside));
+                                                      s_vals + t.tap_w(), n, inside));
   }
 }
 
@@ -152,14 +143,11 @@ __global__ void dw_grad_input_kernel(const S* __restrict__ go, const int* __rest
                                      PlaneTiles pt) {
   extern __shared__ __align__(16) unsigned char dw_smem[];
   int* s_ints = reinterpret_cast<int*>(dw_smem);
-  A* s_vals = after_ints<A>(dw_smem, t.cell_dr() + t.cap);
-  int* s_flat = s_ints + t.cell_dr();
+  A* s_vals = after_ints<A>(dw_smem, t.cell_dr());
   const int64_t plane = blockIdx.x / pt.tiles;
   const int tile = static_cast<int>(blockIdx.x - plane * pt.tiles);
   load_table<A>(ints + (plane % d.C) * t.ints(), vals + (plane % d.C) * t.values(), t.cell_dr(), t.cap, s_ints,
                 s_vals);
-  // Stride 1: the gather is a correlation with the flipped taps, flattened for the output width.
-  if (ST == 1) flatten_shared(s_ints + t.tap_dr(), s_ints + t.tap_dc(), s_ints[0], static_cast<int>(d.Wo), -1, s_flat);
   const int sh = ST > 0 ? ST : d.sh, sw = ST > 0 ? ST : d.sw;
   const int h = static_cast<int>(d.H), w = static_cast<int>(d.W);
   const int ho = static_cast<int>(d.Ho), wo = static_cast<int>(d.Wo);
@@ -170,10 +158,6 @@ __global__ void dw_grad_input_kernel(const S* __restrict__ go, const int* __rest
   const int n = s_ints[0];
   for (int q = start + threadIdx.x; q < stop; q += blockDim.x) {
     const int R = q / cols, C = q - R * cols;
-    if (ST == 1 && flipped_box_inside(s_ints + 2, R, C, ho, wo)) {
-      xp[static_cast<int64_t>(R) * w + C] = static_cast<S>(flat_sum<A>(gp + R * wo + C, s_flat, s_vals + t.tap_w(), n));
-      continue;
-    }
     for (int pr = 0; pr < sh; ++pr) {
       for (int pc = 0; pc < sw; ++pc) {
         const int r = R * sh + pr, c = C * sw + pc;
@@ -201,10 +185,8 @@ __global__ void __launch_bounds__(kThreads) dw_cell_dots_kernel(const S* __restr
   __shared__ A warp_sums[kWarps * kDots];
   int* s_ints = reinterpret_cast<int*>(dw_smem);
   const int64_t c = blockIdx.y, chunk = blockIdx.x;
-  int* s_flat = s_ints + t.slot_cell();
   load_table<A>(ints + c * t.ints(), nullptr, t.slot_cell(), 0, s_ints, nullptr);
   const int h = static_cast<int>(d.H), w = static_cast<int>(d.W);
-  flatten_shared(s_ints + t.cell_dr(), s_ints + t.cell_dc(), s_ints[1], w, 1, s_flat);
   const int wo = static_cast<int>(d.Wo), pixels = static_cast<int>(d.Ho * d.Wo);
   const int64_t start = chunk * kChunk, stop = min(start + kChunk, batch * pixels);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -223,8 +205,8 @@ __global__ void __launch_bounds__(kThreads) dw_cell_dots_kernel(const S* __restr
       const int r0 = m * d.sh, c0 = j * d.sw;
       const int64_t plane = sample * d.C + c;
       const A g = static_cast<A>(go[plane * pixels + pix]);
-      cell_dots_at<kDots, A>(x + plane * d.H * d.W, h, w, r0, c0, s_ints + t.cell_dr(), s_ints + t.cell_dc(), s_flat,
-                             e0, n, box_inside(s_ints + 6, r0, c0, h, w), g, dots);
+      cell_dots_at<kDots, A>(x + plane * d.H * d.W, h, w, r0, c0, s_ints + t.cell_dr(), s_ints + t.cell_dc(), e0, n,
+                             box_inside(s_ints + 6, r0, c0, h, w), g, dots);
       pix += blockDim.x;
       while (pix >= pixels) {
         pix -= pixels;
@@ -407,7 +389,7 @@ struct CudaBackend {
         using A = at::opmath_type<scalar_t>;
         if (elems > 0) {
           const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(g.c_in));
-          const size_t smem = static_cast<size_t>(t.slot_cell() + t.cap) * sizeof(int);
+          const size_t smem = static_cast<size_t>(t.slot_cell()) * sizeof(int);
           dw_cell_dots_kernel<scalar_t, A><<<grid, kThreads, smem, stream>>>(
               grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), ints.const_data_ptr<int>(),
               partial.mutable_data_ptr<A>(), g.batch, dims_of(g), t);

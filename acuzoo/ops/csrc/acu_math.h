@@ -297,38 +297,19 @@ ACU_HD bool box_inside(const int* box, int r0, int c0, int h, int w) {
   return r0 + box[0] >= 0 && r0 + box[1] < h && c0 + box[2] >= 0 && c0 + box[3] < w;
 }
 
-// Offsets of a list flattened for a plane of width w: flat[e] = sign * (dr[e] * w + dc[e]).
-// Reads that are all inside the plane then cost one index each (GPU: one shared-memory
-// load per tap instead of two and a multiply).
-ACU_HD void flatten_list(const int* dr, const int* dc, int begin, int end, int stride, int w, int sign,
-                         int* flat) {
-  for (int e = begin; e < end; e += stride) flat[e] = sign * (dr[e] * w + dc[e]);
-}
-
-// sum of tw[e] * at[flat[e]]: the taps read around one pixel, every read inside.
+// Forward of one output: the taps read from (r0, c0) = (m * sh, j * sw) of plane xp.
 template <typename A, typename S>
-ACU_HD A flat_sum(const S* at, const int* flat, const A* tw, int n) {
+ACU_HD A sparse_forward_at(const S* xp, int h, int w, int r0, int c0, const int* dr, const int* dc, const A* tw,
+                           int n, bool inside) {
   A acc = A(0);
-  for (int e = 0; e < n; ++e) acc += tw[e] * static_cast<A>(at[flat[e]]);
-  return acc;
-}
-
-// Whether every offset of a box, subtracted from (r, c), falls inside an h x w plane: the
-// input gradient at stride 1 reads the output gradient at (r - dr, c - dc).
-ACU_HD bool flipped_box_inside(const int* box, int r, int c, int h, int w) {
-  return r - box[1] >= 0 && r - box[0] < h && c - box[3] >= 0 && c - box[2] < w;
-}
-
-// Forward of one output: the taps read from (r0, c0) = (m * sh, j * sw) of plane xp; flat:
-// the taps' offsets flattened for the plane's width.
-template <typename A, typename S>
-ACU_HD A sparse_forward_at(const S* xp, int h, int w, int r0, int c0, const int* dr, const int* dc, const int* flat,
-                           const A* tw, int n, bool inside) {
-  if (inside) return flat_sum<A>(xp + static_cast<int64_t>(r0) * w + c0, flat, tw, n);
-  A acc = A(0);
-  for (int e = 0; e < n; ++e) {
-    const int r = r0 + dr[e], c = c0 + dc[e];
-    if (r >= 0 && r < h && c >= 0 && c < w) acc += tw[e] * static_cast<A>(xp[static_cast<int64_t>(r) * w + c]);
+  if (inside) {
+    const S* at = xp + static_cast<int64_t>(r0) * w + c0;
+    for (int e = 0; e < n; ++e) acc += tw[e] * static_cast<A>(at[dr[e] * w + dc[e]]);
+  } else {
+    for (int e = 0; e < n; ++e) {
+      const int r = r0 + dr[e], c = c0 + dc[e];
+      if (r >= 0 && r < h && c >= 0 && c < w) acc += tw[e] * static_cast<A>(xp[static_cast<int64_t>(r) * w + c]);
+    }
   }
   return acc;
 }
@@ -353,24 +334,18 @@ ACU_HD A sparse_gather_at(const S* gp, int ho, int wo, int sh, int sw, int R, in
 }
 
 // Adds g times the input at cells e0 .. e0 + E - 1 (those below n) read from (r0, c0) to
-// dots; flat: the cells' offsets flattened for the plane's width. E is fixed so that the
-// dots live in registers on the GPU.
+// dots. E is fixed so that the dots live in registers on the GPU.
 template <int E, typename A, typename S>
-ACU_HD void cell_dots_at(const S* xp, int h, int w, int r0, int c0, const int* dr, const int* dc, const int* flat,
-                         int e0, int n, bool inside, A g, A (&dots)[E]) {
-  const S* at = xp + static_cast<int64_t>(r0) * w + c0;
+ACU_HD void cell_dots_at(const S* xp, int h, int w, int r0, int c0, const int* dr, const int* dc, int e0, int n,
+                         bool inside, A g, A (&dots)[E]) {
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
   for (int q = 0; q < E; ++q) {
     const int e = e0 + q;
     if (e >= n) break;
-    if (inside) {
-      dots[q] += g * static_cast<A>(at[flat[e]]);
-    } else {
-      const int r = r0 + dr[e], c = c0 + dc[e];
-      if (r >= 0 && r < h && c >= 0 && c < w) dots[q] += g * static_cast<A>(xp[static_cast<int64_t>(r) * w + c]);
-    }
+    const int r = r0 + dr[e], c = c0 + dc[e];
+    if (inside || (r >= 0 && r < h && c >= 0 && c < w)) dots[q] += g * static_cast<A>(xp[static_cast<int64_t>(r) * w + c]);
   }
 }
 

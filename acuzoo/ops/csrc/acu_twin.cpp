@@ -72,14 +72,12 @@ struct TwinBackend {
           const int* ints = tables.ints_of(c);
           const T* vals = tables.vals_of(c);
           const T bc = b ? b[c] : T(0);
-          std::vector<int> flat(t.cap);
-          flatten_list(ints + t.tap_dr(), ints + t.tap_dc(), 0, ints[0], 1, w, 1, flat.data());
           for (int m = 0; m < d.Ho; ++m) {
             for (int j = 0; j < d.Wo; ++j) {
               const int r0 = m * d.sh, c0 = j * d.sw;
               y[(plane * d.Ho + m) * d.Wo + j] =
                   bc + sparse_forward_at<T>(x + plane * d.H * d.W, h, w, r0, c0, ints + t.tap_dr(),
-                                            ints + t.tap_dc(), flat.data(), vals + t.tap_w(), ints[0],
+                                            ints + t.tap_dc(), vals + t.tap_w(), ints[0],
                                             box_inside(ints + 2, r0, c0, h, w));
             }
           }
@@ -100,23 +98,15 @@ struct TwinBackend {
       for (int64_t plane = begin; plane < end; ++plane) {
         const int* ints = tables.ints_of(plane % d.C);
         const T* vals = tables.vals_of(plane % d.C);
-        const int ho = static_cast<int>(d.Ho), wo = static_cast<int>(d.Wo);
-        const T* gp = go + plane * d.Ho * d.Wo;
-        std::vector<int> flat(t.cap);
-        if (ST == 1) flatten_list(ints + t.tap_dr(), ints + t.tap_dc(), 0, ints[0], 1, wo, -1, flat.data());
         for (int R = 0; R < rows; ++R) {
           for (int C = 0; C < cols; ++C) {
-            if (ST == 1 && flipped_box_inside(ints + 2, R, C, ho, wo)) {
-              gx[(plane * h + R) * w + C] = flat_sum<T>(gp + R * wo + C, flat.data(), vals + t.tap_w(), ints[0]);
-              continue;
-            }
             for (int pr = 0; pr < sh; ++pr) {
               for (int pc = 0; pc < sw; ++pc) {
                 const int r = R * sh + pr, c = C * sw + pc;
                 if (r >= h || c >= w) continue;
-                gx[(plane * h + r) * w + c] = sparse_gather_at<ST, T>(gp, ho, wo, sh, sw, R, C, pr, pc,
-                                                                      ints + t.tap_dr(), ints + t.tap_dc(),
-                                                                      vals + t.tap_w(), ints[0]);
+                gx[(plane * h + r) * w + c] = sparse_gather_at<ST, T>(
+                    go + plane * d.Ho * d.Wo, static_cast<int>(d.Ho), static_cast<int>(d.Wo), sh, sw, R, C, pr, pc,
+                    ints + t.tap_dr(), ints + t.tap_dc(), vals + t.tap_w(), ints[0]);
               }
             }
           }
@@ -154,11 +144,9 @@ struct TwinBackend {
         const int h = static_cast<int>(d.H), wd = static_cast<int>(d.W);
         at::parallel_for(0, g.c_in, 1, [&](int64_t begin, int64_t end) {
           std::vector<T> dots(t.cap);
-          std::vector<int> flat(t.cap);
           for (int64_t c = begin; c < end; ++c) {
             const int* ints = tables.ints_of(c);
             const int n = ints[1];
-            flatten_list(ints + t.cell_dr(), ints + t.cell_dc(), 0, n, 1, wd, 1, flat.data());
             for (int e0 = 0; e0 < n; e0 += kDotsPerPass) {
               T pass[kDotsPerPass] = {};
               for (int64_t s = 0; s < g.batch; ++s) {
@@ -167,8 +155,7 @@ struct TwinBackend {
                   for (int j = 0; j < d.Wo; ++j) {
                     const int r0 = m * d.sh, c0 = j * d.sw;
                     cell_dots_at<kDotsPerPass, T>(x + plane * d.H * d.W, h, wd, r0, c0, ints + t.cell_dr(),
-                                                  ints + t.cell_dc(), flat.data(), e0, n,
-                                                  box_inside(ints + 6, r0, c0, h, wd),
+                                                  ints + t.cell_dc(), e0, n, box_inside(ints + 6, r0, c0, h, wd),
                                                   go[(plane * d.Ho + m) * d.Wo + j], pass);
                   }
                 }
