@@ -41,6 +41,8 @@ class ImageClassifier(pl.LightningModule):
             recipe's 32k and 48k steps), "linear" (to 0 over ``schedule_length``) or "constant".
         schedule_interval: the schedule counts optimizer "step"s or "epoch"s.
         schedule_length: linear decay length; default the trainer's max_epochs or total steps.
+        channels_last: keep the model's 4-D weights and every input batch channels-last (as timm's
+            ``--channels-last``); on the CPU, depthwise ACUs then take the channel-block kernels.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class ImageClassifier(pl.LightningModule):
         milestones: tuple[int, ...] = (32000, 48000),
         gamma: float = 0.1,
         schedule_length: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,6 +80,9 @@ class ImageClassifier(pl.LightningModule):
         if freeze_positions:
             for p in position_parameters(self.model):
                 p.requires_grad_(False)
+        if channels_last:
+            # Module.to keeps each tensor's strides afterwards (device moves, checkpoint loads).
+            self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top5 = min(5, num_classes)
         # One metric object per stage (torchmetrics keep state between update and compute); the
@@ -97,6 +103,8 @@ class ImageClassifier(pl.LightningModule):
         return config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: Stage) -> torch.Tensor:
