@@ -321,10 +321,15 @@ TWIN_SPREADS = {"grid": None, "1.5": 1.5, "far": 12.0}
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_cuda_element_code_equals_reference(ext, case, spread):
     x, weight, positions, b, stride, groups = make_args(case, spread)
-    out = torch.ops.acuzoo._twin_active_conv2d(x, weight, positions, b, [stride, stride], groups)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype)
+    assert_twin_equals_reference(x, weight, positions, b, (stride, stride), groups, seed=3)
+
+
+def assert_twin_equals_reference(x, weight, positions, b, stride, groups, seed):
+    """The twin ops' output and three gradients against the reference's, to TOL."""
+    out = torch.ops.acuzoo._twin_active_conv2d(x, weight, positions, b, list(stride), groups)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
     got = torch.ops.acuzoo._twin_active_conv2d_backward(
-        grad, x, weight, positions, [stride, stride], groups, [True, True, True]
+        grad, x, weight, positions, list(stride), groups, [True, True, True]
     )
     leaves = [t.clone().requires_grad_() for t in (x, weight, positions)]
     ref = reference_active_conv2d(*leaves, b, stride, groups)
@@ -354,14 +359,4 @@ def test_cuda_element_code_equals_reference(ext, case, spread):
 )
 def test_cuda_element_code_synapse_groups_and_strides(ext, stride, k, spread):
     x, weight, positions, b, _, groups = make_args((2, 5, 5, 23, 22, 5, 5, 1), spread, k=k)
-    out = torch.ops.acuzoo._twin_active_conv2d(x, weight, positions, b, list(stride), groups)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=out.dtype)
-    got = torch.ops.acuzoo._twin_active_conv2d_backward(
-        grad, x, weight, positions, list(stride), groups, [True, True, True]
-    )
-    leaves = [t.clone().requires_grad_() for t in (x, weight, positions)]
-    ref = reference_active_conv2d(*leaves, b, stride, groups)
-    want = torch.autograd.grad(ref, leaves, grad)
-    assert max_err(out, ref) < TOL
-    for name, a, w in zip(("input", "weight", "positions"), got, want):
-        assert max_err(a, w) < TOL, name
+    assert_twin_equals_reference(x, weight, positions, b, stride, groups, seed=4)
