@@ -58,15 +58,6 @@ ACU_HD AxisTaps<A> axis_taps(A coord) {
   return taps;
 }
 
-// Output positions jj in [first_valid, end_valid) read index jj * s + d inside [0, size).
-ACU_HD int first_valid(int d, int s) { return d >= 0 ? 0 : (-d + s - 1) / s; }
-
-ACU_HD int end_valid(int d, int s, int size, int out_size) {
-  if (size - d <= 0) return 0;
-  const int end = (size - d - 1) / s + 1;
-  return end < out_size ? end : out_size;
-}
-
 // The output index m whose tap d reads input index i (i = m * s + d), or -1. ST > 0 fixes
 // the stride at compile time (a GPU's integer division by a runtime value is slow).
 template <int ST = 0>
