@@ -36,6 +36,9 @@ _NATIVE_COLUMNS_TAPS_PER_SYNAPSE = 4.0
 _NATIVE_TILES_MIN_CHANNELS = 8  # acu_cpu_tiles.cpp: kMinChannelsPerGroup
 _DENSE_DEPTHWISE_MAX_BOX = 25
 _NATIVE_DEPTHWISE_MIN_PIXELS = 49
+# The CUDA depthwise kernels keep a channel's table in shared memory (acu_cuda.cu:
+# kMaxDepthwiseSynapses); larger kernels (beyond 17x17) take the dense path.
+_CUDA_DEPTHWISE_MAX_SYNAPSES = 300
 
 
 def choose_path(
@@ -59,7 +62,7 @@ def choose_path(
     c_out, c_per_group, k = weight.shape
     depthwise = groups > 1 and groups == x.shape[1] == c_out
     if native and x.device.type == "cuda":
-        return "native"
+        return "dense" if depthwise and k > _CUDA_DEPTHWISE_MAX_SYNAPSES else "native"
     ra, _ = kernel_radius(positions[..., 0])
     rb, _ = kernel_radius(positions[..., 1])
     box = (2 * ra + 1) * (2 * rb + 1)

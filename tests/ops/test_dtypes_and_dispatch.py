@@ -1,5 +1,7 @@
 """float32, autocast and the automatic choice of path."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -78,6 +80,15 @@ def test_auto_prefers_native_columns_for_a_shared_layer_with_wide_spread_when_bu
     pos = (torch.rand(1, 9, 2) * 2 - 1) * 3
     pos[0, 0] = torch.tensor([3.0, -3.0])
     assert choose_path(x, w, pos, 1, native=True) == "native"
+
+
+def test_on_cuda_auto_takes_native_kernels_unless_a_depthwise_table_outgrows_shared_memory():
+    # choose_path reads only the device type and the shape of x: no GPU is needed to test it.
+    x = SimpleNamespace(device=torch.device("cuda"), shape=(2, 8, 32, 32))
+    for k, want in ((9, "native"), (289, "native"), (324, "dense")):
+        w, pos = torch.randn(8, 1, k), torch.zeros(8, k, 2)
+        assert choose_path(x, w, pos, 8, native=True) == want, k
+    assert choose_path(x, torch.randn(8, 8, 324), torch.zeros(1, 324, 2), 1, native=True) == "native"
 
 
 def test_auto_prefers_dense_for_depthwise_layers_without_native_kernels():

@@ -24,6 +24,9 @@ namespace {
 constexpr int kThreads = 256;        // power of two: the block reductions halve it
 constexpr int64_t kChunk = 8192;     // output elements per block in the depthwise param grads
 constexpr int64_t kColumnsBytes = int64_t(256) << 20;  // cap on one chunk's bilinear columns
+// A depthwise block keeps its channel's table (~36 ints per synapse) in shared memory, whose
+// default limit is 48 KiB; acuzoo's dispatcher sends larger kernels to the dense path.
+constexpr int64_t kMaxDepthwiseSynapses = 300;
 
 inline int blocks_for(int64_t total) {
   return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 22));
@@ -304,6 +307,9 @@ struct CudaBackend {
   // The channels' sparse tables: (ints, values), one row per channel.
   static std::pair<at::Tensor, at::Tensor> build_tables(const at::Tensor& weight, const at::Tensor& positions,
                                                         const Geometry& g, cudaStream_t stream) {
+    TORCH_CHECK(g.synapses <= kMaxDepthwiseSynapses, "acuzoo: the depthwise CUDA kernels take at most ",
+                kMaxDepthwiseSynapses, " synapses per channel (weight's last dimension), got ", g.synapses,
+                "; use active_conv2d(path=\"dense\")");
     const TableLayout t = TableLayout::of(g.synapses);
     at::Tensor ints = at::empty({g.c_in, t.ints()}, positions.options().dtype(at::kInt));
     at::Tensor vals = at::empty({g.c_in, t.values()}, positions.options());
