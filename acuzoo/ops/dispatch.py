@@ -63,9 +63,12 @@ def choose_path(
     depthwise = groups > 1 and groups == x.shape[1] == c_out
     if native and x.device.type == "cuda":
         return "dense" if depthwise and k > _CUDA_DEPTHWISE_MAX_SYNAPSES else "native"
-    ra, _ = kernel_radius(positions[..., 0])
-    rb, _ = kernel_radius(positions[..., 1])
-    box = (2 * ra + 1) * (2 * rb + 1)
+    def dense_box() -> int:
+        # Reads every position (~0.1 ms per axis on a 960-channel layer): only when asked.
+        ra, _ = kernel_radius(positions[..., 0])
+        rb, _ = kernel_radius(positions[..., 1])
+        return (2 * ra + 1) * (2 * rb + 1)
+
     if native and depthwise:
         # bench/ops.py (bench/RESULTS.md): on MobileNetV2's planes at 224 px (7x7 and up, B=32)
         # the native kernels beat the dense path at every spread (forward+backward 1-3.5x the
@@ -76,8 +79,8 @@ def choose_path(
         # 165 ms with this rule, 175 ms with native everywhere (blocks at every stride).
         out_pixels = ((x.shape[-2] - 1) // stride[0] + 1) * ((x.shape[-1] - 1) // stride[1] + 1)
         small_strided = out_pixels < _NATIVE_DEPTHWISE_MIN_PIXELS and stride != (1, 1)
-        return "dense" if small_strided and box <= _DENSE_DEPTHWISE_MAX_BOX else "native"
-    dense_cost = c_out * c_per_group * box
+        return "dense" if small_strided and dense_box() <= _DENSE_DEPTHWISE_MAX_BOX else "native"
+    dense_cost = c_out * c_per_group * dense_box()
     if native:
         tiled = c_per_group >= _NATIVE_TILES_MIN_CHANNELS
         taps = _NATIVE_TILES_TAPS_PER_SYNAPSE if tiled else _NATIVE_COLUMNS_TAPS_PER_SYNAPSE

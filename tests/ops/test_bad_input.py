@@ -55,3 +55,18 @@ def test_unknown_path_is_refused():
     x, w, p = _ok()
     with pytest.raises(ValueError, match="path must be one of"):
         active_conv2d(x, w, p, None, 1, 2, path="fastest")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[float("inf")], [float("-inf")], [float("inf"), float("-inf")], [float("nan"), float("inf")]],
+    ids=["inf", "-inf", "inf_and_-inf", "nan_and_inf"],
+)
+def test_any_non_finite_position_is_refused(values):
+    # The check sums the positions once: +inf and -inf together must still be caught.
+    x, w, p = _ok()
+    p = p.clone()
+    for i, v in enumerate(values):
+        p[1, i, 0] = v
+    with pytest.raises(ValueError, match="positions must be finite"):
+        active_conv2d(x, w, p, None, 1, 2)
