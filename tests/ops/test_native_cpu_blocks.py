@@ -174,3 +174,17 @@ def test_cost_rule_takes_blocks_for_compact_kernels_and_planes_for_wide_ones(
     assert all(torch.equal(a, b) for a, b in zip(flat, [chosen[0], *chosen[1]]))
     # The two kernels round differently, so the comparison above tells them apart.
     assert not all(torch.equal(a, b) for a, b in zip(flat, [other[0], *other[1]]))
+
+
+def test_blocks_reuse_taps_only_for_the_same_position_values_and_plane(forced_blocks):
+    # The kernels keep the last positions' taps and boxes (keyed by their values and the
+    # plane): an in-place step of the same tensor, or the same values on another plane,
+    # must not reuse stale ones. Each call is judged by the reference.
+    x, w, pos, b, stride, groups = make_args((2, 6, 6, 7, 8, 6, 6, 1), 4.0)
+    for _ in range(3):
+        assert_native_equals_reference((x, w, pos, b, stride, groups))
+        with torch.no_grad():
+            pos.add_(0.37)  # same tensor, same storage, new values
+    small = make_args((1, 6, 6, 2, 3, 6, 6, 1), 4.0)[0]
+    for plane in (small, x, small):  # same values; the small plane clips the box
+        assert_native_equals_reference((plane, w, pos, b, stride, groups))
