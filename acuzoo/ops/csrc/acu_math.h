@@ -58,14 +58,11 @@ ACU_HD AxisTaps<A> axis_taps(A coord) {
   return taps;
 }
 
-// The output index m whose tap d reads input index i (i = m * s + d), or -1. ST > 0 fixes
-// the stride at compile time (a GPU's integer division by a runtime value is slow).
-template <int ST = 0>
+// The output index m whose tap d reads input index i (i = m * s + d), or -1.
 ACU_HD int output_index(int i, int d, int s, int out_size) {
-  const int st = ST > 0 ? ST : s;
   const int q = i - d;
-  if (q < 0 || q % st != 0) return -1;
-  const int m = q / st;
+  if (q < 0 || q % s != 0) return -1;
+  const int m = q / s;
   return m < out_size ? m : -1;
 }
 
@@ -121,19 +118,19 @@ ACU_HD A read_value(const S* plane, int height, int width, int r, int c,
 
 // Transposed read (input gradient, col2im) as a gather: the sum over the outputs whose
 // synapse reads input (r, c) of their gradient times the bilinear weight.
-template <typename A, typename S, int ST = 0>
+template <typename A, typename S>
 ACU_HD A gather_plane(const S* grad_plane, int out_h, int out_w, int sh, int sw, int r, int c,
                       const AxisTaps<A>& ta, const AxisTaps<A>& tb) {
   A out = A(0);
   for (int i = 0; i < ta.count; ++i) {
     const A wa = ta.value[i];
     if (wa == A(0)) continue;
-    const int m = output_index<ST>(r, ta.first + i, sh, out_h);
+    const int m = output_index(r, ta.first + i, sh, out_h);
     if (m < 0) continue;
     for (int j = 0; j < tb.count; ++j) {
       const A wb = tb.value[j];
       if (wb == A(0)) continue;
-      const int n = output_index<ST>(c, tb.first + j, sw, out_w);
+      const int n = output_index(c, tb.first + j, sw, out_w);
       if (n < 0) continue;
       out += wa * wb * static_cast<A>(grad_plane[static_cast<int64_t>(m) * out_w + n]);
     }
