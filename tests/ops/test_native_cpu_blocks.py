@@ -33,6 +33,10 @@ DEPTHWISE = {
     "stride2_wide_tail": (1, 21, 21, 6, 27, 21, 21, 2),
     "stride3_P1": (2, 4, 4, 10, 11, 4, 1, 3),
     "stride_2x1": (1, 5, 5, 8, 9, 5, 5, (2, 1)),
+    # Interior pixels by quads of 4 pixels x 4 blocks (32 channels in float64): two quads
+    # of blocks and a partial block; strided, one quad and a whole block.
+    "quads": (1, 70, 70, 6, 13, 70, 70, 1),
+    "quads_stride2": (1, 40, 40, 7, 14, 40, 40, 2),
 }
 SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
 # (blocks mode, forward reads mode)

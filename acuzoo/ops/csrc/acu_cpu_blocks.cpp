@@ -40,11 +40,10 @@ std::atomic<int64_t> in_place_override{0};
 constexpr double kMaxTapsPerPixel = 64;
 constexpr int64_t kMaxNchwPlane = 100;
 // The kernels read channels-last tensors in place (acu_cpu_inplace.h) when the merged
-// kernel is at most this many columns wide and leaves at least this share of an output
-// row's pixels clear of the edges; otherwise, at stride 1, they copy bands with zero
-// borders (correlate, tap_dots). See reads_in_place.
-constexpr int kMaxInPlaceCols = 5;
-constexpr double kMinInPlaceInterior = 0.8;
+// kernel leaves at least this share of an output row's pixels clear of the edges;
+// otherwise, at stride 1, they copy bands with zero borders (correlate, tap_dots). See
+// reads_in_place.
+constexpr double kMinInPlaceInterior = 0.75;
 // In place, a backward task takes this many blocks of channels (of one sample range).
 constexpr int64_t kDotsChunk = 8;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
@@ -106,6 +105,9 @@ void block_in(const T* src, const Strides& s, const Plane& p, int64_t nl, T* dst
 template <typename T>
 struct Merged {
   Box value, slope;
+  // Per row of the slope box, the columns whose dots some synapse uses (the box's
+  // corners are never used by synapses on integers: 21 of 25 dots at init).
+  std::vector<RowSpan> slope_rows;
   int64_t cpad = 0;
   std::vector<T> kernel;
 };
@@ -135,6 +137,11 @@ Merged<T> merged_boxes(const std::vector<AxisTaps<T>>& taps, const Geometry& g) 
       box.extend(r1, c1);
     }
   }
+  if (m.slope.empty()) return m;
+  m.slope_rows.assign(m.slope.r1 - m.slope.r0 + 1, RowSpan{});
+  for_each_tap(taps.data(), g.sets * g.synapses, H, W, [&](int64_t, int dr, int dc, T, T, T) {
+    m.slope_rows[dr - m.slope.r0].extend(dc);
+  });
   return m;
 }
 
@@ -275,16 +282,17 @@ void row_dots(const T* g, const T* x, const Plane& p, int i, int j0, int h_lo, i
   for (int q = 0; q < J; ++q) store_vec(dots + q * L, load_vec<V>(dots + q * L) + acc[q]);
 }
 
-// dots[t] += sum over pixels p of g[p] * x[p + t] for every tap t of the box, one block of
-// L channels (one vector per tap; x zero outside the plane).
+// dots[t] += sum over pixels p of g[p] * x[p + t] for the taps t of the box in each row's
+// span, one block of L channels (one vector per tap; x zero outside the plane).
 template <typename T>
-void tap_dots(const T* g, const T* x, const Plane& p, const Box& box, T* dots) {
+void tap_dots(const T* g, const T* x, const Plane& p, const Box& box, const RowSpan* rows, T* dots) {
   constexpr int64_t L = Lanes<T>::n;
   for (int i = box.r0; i <= box.r1; ++i) {
     const int h_lo = std::max(0, -i), h_hi = std::min(p.H, p.H - i);
-    for (int j0 = box.c0; j0 <= box.c1; j0 += kGroup) {
+    const RowSpan& cols = rows[i - box.r0];
+    for (int j0 = cols.c0; j0 <= cols.c1; j0 += kGroup) {
       T* d = dots + box.index(i, j0) * L;
-      switch (std::min(kGroup, box.c1 - j0 + 1)) {
+      switch (std::min(kGroup, cols.c1 - j0 + 1)) {
         case 1: row_dots<1>(g, x, p, i, j0, h_lo, h_hi, d); break;
         case 2: row_dots<2>(g, x, p, i, j0, h_lo, h_hi, d); break;
         case 3: row_dots<3>(g, x, p, i, j0, h_lo, h_hi, d); break;
@@ -310,15 +318,14 @@ int inner_pixels(const Box& value, const Geometry& g) {
   return std::max(0, hi - lo + 1);
 }
 
-// Whether the kernel reads in place well: in place saves the band copies, but pixels near
-// the left and right edges gather their taps into zero-padded runs, once per output row,
-// which costs more than the copies when they are many; and the band rows of 7 taps run
-// from registers. bench/depthwise_kernels.py (bench/RESULTS.md), forward+backward,
-// channels-last, in place vs bands: 384x14 init 2.94 vs 3.18 ms, at +-1.5 4.45 vs 3.32;
-// 960x7 init 2.78 vs 2.33; 144x56 at +-1.5 34.3 vs 39.7, at +-3 52.5 vs 46.7.
+// Whether the kernel reads in place well: in place saves the band copies and reads the
+// interior by quads (acu_cpu_inplace.h), but pixels near the left and right edges gather
+// their taps into zero-padded runs, once per output row, which costs more than the copies
+// when they are many. bench/RESULTS.md (sixth session), forward+backward, channels-last,
+// in place vs bands: 144x56 +-3 45 vs 59 ms, 192x28 +-3 11.8 vs 12.4 (79 % interior);
+// 384x14 +-1.5 4.6 vs 4.0 (71 %); 960x7 init 2.6 vs 2.4 (71 %).
 bool narrow_enough(const Box& value, const Geometry& g) {
-  return value.cols() <= kMaxInPlaceCols &&
-         inner_pixels(value, g) >= kMinInPlaceInterior * static_cast<double>(g.out_w);
+  return inner_pixels(value, g) >= kMinInPlaceInterior * static_cast<double>(g.out_w);
 }
 
 // In place or by bands (stride 1 only; strided layers always read in place).
@@ -477,13 +484,20 @@ void backward_in_place(const Backward<T>& job) {
         const T* gn = job.go + n * job.sample_g + c0;
         const T* xn = job.x + n * job.sample_x + c0;
         for (int h = 0; h < Ho; ++h) {
-          for (int64_t b = 0; b < nl; b += L) {
+          const int64_t block_stride = job.n_taps * L;
+          for (int64_t b = 0; b < nl;) {
             T* d = acc.data() + b * job.n_taps;
             const Reads<T> xr{xn + b, job.sx, H, W, sh, sw};
-            if (nl - b >= L) {
-              inplace_tap_dots<true>(gn + b, job.sg, Wo, xr, h, job.m.slope, L, d);
+            if (nl - b >= kQuadBlocks * L) {
+              inplace_tap_dots<true, kQuadBlocks>(gn + b, job.sg, Wo, xr, h, job.m.slope, job.m.slope_rows.data(), L, d, block_stride);
+              b += kQuadBlocks * L;
+            } else if (nl - b >= L) {
+              inplace_tap_dots<true, 1>(gn + b, job.sg, Wo, xr, h, job.m.slope, job.m.slope_rows.data(), L, d, block_stride);
+              b += L;
             } else {
-              inplace_tap_dots<false>(gn + b, job.sg, Wo, xr, h, job.m.slope, nl - b, d);
+              inplace_tap_dots<false, 1>(gn + b, job.sg, Wo, xr, h, job.m.slope, job.m.slope_rows.data(), nl - b, d,
+                                              block_stride);
+              b += L;
             }
           }
         }
@@ -519,7 +533,8 @@ void backward_by_bands(const Backward<T>& job) {
             correlate<-1>(gblock, p, job.m.kernel.data() + c0 + b, job.m.value, job.m.cpad,
                           static_cast<const T*>(nullptr), sink);
           }
-          if (job.dots) tap_dots(gblock, xb.data() + b / L * step, p, job.m.slope, acc.data() + b * job.n_taps);
+          if (job.dots) tap_dots(gblock, xb.data() + b / L * step, p, job.m.slope, job.m.slope_rows.data(),
+                                  acc.data() + b * job.n_taps);
         }
       }
       if (job.dots) job.publish(acc.data(), r, c0, nl);
