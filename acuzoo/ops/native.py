@@ -42,7 +42,14 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
-_CPU_SOURCES = ("acu_ops.cpp", "acu_cpu.cpp", "acu_cpu_blocks.cpp", "acu_cpu_tiles.cpp", "acu_twin.cpp")
+_CPU_SOURCES = (
+    "acu_ops.cpp",
+    "acu_autograd.cpp",
+    "acu_cpu.cpp",
+    "acu_cpu_blocks.cpp",
+    "acu_cpu_tiles.cpp",
+    "acu_twin.cpp",
+)
 _CUDA_SOURCES = ("acu_cuda.cu",)
 _HEADERS = ("acu_cpu_blocks.h", "acu_cpu_inplace.h", "acu_cpu_taps.h", "acu_math.h", "acu_driver.h", "acu_cpu_tiles.h")
 VARIANTS = ("cpu", "cuda")

@@ -1,7 +1,8 @@
-"""Python side of the native ops' registration: fake (meta) kernels and autograd.
+"""Python side of the native ops' registration: the fake (meta) kernels.
 
-The C++ library defines the schemas and the CPU/CUDA kernels (csrc/acu_ops.cpp); this
-module adds what ``torch.compile`` (fake tensors, shape propagation) and autograd need.
+The C++ library defines the schemas, the CPU/CUDA kernels and autograd (csrc/acu_ops.cpp,
+csrc/acu_autograd.cpp); this module adds what ``torch.compile`` needs (fake tensors,
+shape propagation).
 Called once, right after the library is loaded (``native.load``).
 """
 
@@ -42,35 +43,11 @@ def _fake_backward(grad_output, input, weight, positions, stride, groups, output
     )
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, positions, bias, stride, groups = inputs
-    ctx.save_for_backward(input, weight, positions)
-    ctx.stride = stride
-    ctx.groups = groups
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad):
-    input, weight, positions = ctx.saved_tensors
-    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    grads = [None, None, None]
-    if any(mask):
-        grads = list(
-            torch.ops.acuzoo.active_conv2d_backward(grad, input, weight, positions, ctx.stride, ctx.groups, mask)
-        )
-        grads = [g if wanted else None for g, wanted in zip(grads, mask)]
-    grad_bias = None
-    if ctx.has_bias and ctx.needs_input_grad[3]:
-        grad_bias = grad.sum((0, 2, 3))
-    return grads[0], grads[1], grads[2], grad_bias, None, None
-
-
 def register() -> None:
-    """Register the fake kernels and the autograd formula (idempotent)."""
+    """Register the fake kernels (idempotent); autograd is in C++ (csrc/acu_autograd.cpp)."""
     global _registered
     if _registered:
         return
     torch.library.register_fake("acuzoo::active_conv2d")(_fake_forward)
     torch.library.register_fake("acuzoo::active_conv2d_backward")(_fake_backward)
-    torch.library.register_autograd("acuzoo::active_conv2d", _backward, setup_context=_setup_context)
     _registered = True

@@ -1,6 +1,6 @@
-// The ACU's operator schemas. Kernels are registered beside their code (acu_cpu.cpp,
-// acu_cuda.cu); autograd and the fake (meta) kernels are registered from Python
-// (acuzoo/ops/native.py), where torch.library keeps them next to the wrapper.
+// The ACU's operator schemas. Kernels and autograd are registered beside their code
+// (acu_cpu.cpp, acu_cuda.cu, acu_autograd.cpp); the fake (meta) kernels from Python
+// (acuzoo/ops/native_registration.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(acuzoo, m) {
