@@ -475,6 +475,9 @@ void backward_in_place(const Backward<T>& job) {
   }
   if (!job.dots) return;
   const int64_t chunk = kDotsChunk * L, chunks = (C + chunk - 1) / chunk;
+  const Box& box = job.m.slope;
+  const RowSpan* rows = job.m.slope_rows.data();
+  const int64_t block_stride = job.n_taps * L;  // between adjacent blocks' dots
   at::parallel_for(0, job.ranges * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(chunk * job.n_taps);
     for (int64_t item = begin; item < end; ++item) {
@@ -484,19 +487,17 @@ void backward_in_place(const Backward<T>& job) {
         const T* gn = job.go + n * job.sample_g + c0;
         const T* xn = job.x + n * job.sample_x + c0;
         for (int h = 0; h < Ho; ++h) {
-          const int64_t block_stride = job.n_taps * L;
           for (int64_t b = 0; b < nl;) {
             T* d = acc.data() + b * job.n_taps;
             const Reads<T> xr{xn + b, job.sx, H, W, sh, sw};
             if (nl - b >= kQuadBlocks * L) {
-              inplace_tap_dots<true, kQuadBlocks>(gn + b, job.sg, Wo, xr, h, job.m.slope, job.m.slope_rows.data(), L, d, block_stride);
+              inplace_tap_dots<true, kQuadBlocks>(gn + b, job.sg, Wo, xr, h, box, rows, L, d, block_stride);
               b += kQuadBlocks * L;
             } else if (nl - b >= L) {
-              inplace_tap_dots<true, 1>(gn + b, job.sg, Wo, xr, h, job.m.slope, job.m.slope_rows.data(), L, d, block_stride);
+              inplace_tap_dots<true, 1>(gn + b, job.sg, Wo, xr, h, box, rows, L, d, block_stride);
               b += L;
             } else {
-              inplace_tap_dots<false, 1>(gn + b, job.sg, Wo, xr, h, job.m.slope, job.m.slope_rows.data(), nl - b, d,
-                                              block_stride);
+              inplace_tap_dots<false, 1>(gn + b, job.sg, Wo, xr, h, box, rows, nl - b, d, block_stride);
               b += L;
             }
           }
