@@ -3,8 +3,8 @@
     python3 bench/gpu_check.py                 # on the lent GPU machine, from the repo root
     python3 bench/gpu_check.py --cpu-dry-run   # here: the same logic on the CPU, tiny sizes
 
-Needs only torch and acuzoo/ops (the top-level ``acuzoo`` package, which imports timm, is
-bypassed). Steps, each reported even if an earlier one failed:
+Needs torch and acuzoo/ops (the top-level ``acuzoo`` package is bypassed), and timm for the
+last step only. Steps, each reported even if an earlier one failed:
 
 1. build the CUDA extension for sm_90 (``ACUZOO_CUDA_ARCH``; ``MAX_JOBS`` defaults to 16);
 2. correctness on CUDA against the float64 reference (eq. 5, on the CPU): forward and
@@ -15,7 +15,10 @@ bypassed). Steps, each reported even if an earlier one failed:
 3. forward+backward of MobileNetV2's depthwise layers at batch 128 (init, +-1.5, +-3):
    native vs cuDNN's depthwise 3x3 (best of NCHW and channels_last) vs the dense-kernel
    path (``active_conv2d(path="dense")``); achieved bandwidth against a measured
-   device-to-device copy; peak extra memory of the backward against the input's size.
+   device-to-device copy; peak extra memory of the backward against the input's size;
+4. a training step (forward+backward, batch 128, 224 px) of timm's MobileNetV2 and of
+   mobilenetv2_acu_100, and of the latter without the argument checks (their finiteness
+   test of the positions is a host sync per ACU layer on CUDA).
 
 Timing: CUDA events, warm-up, median of many repetitions. Everything printed also goes to
 ``$OUT/gpu_check.log`` when ``$OUT`` is set. Exit status 1 if any check failed.
@@ -487,6 +490,55 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
     return rows
 
 
+def model_step(torch, device, timer, small, deadline):
+    """A whole network's training step: timm's MobileNetV2 against the ACU version (the
+    paper's Table 8 asks what the ACUs cost a network), and the ACU version again with the
+    argument checks skipped: on CUDA their finiteness test of the positions is a host sync
+    per ACU layer."""
+    if time.perf_counter() > deadline:
+        log("time budget reached: skipping the model step")
+        return []
+    import timm
+
+    importlib.import_module("acuzoo.models")  # registers the zoo with timm (acuzoo may be the stub)
+    dispatch = importlib.import_module("acuzoo.ops.dispatch")
+
+    batch, size = (2, 64) if small else (128, 224)
+    log(f"== model step: forward+backward, batch {batch}, {size} px, float32, NCHW")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    labels = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+    rows = []
+
+    def step_ms(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), labels).backward()
+
+        return timer.median_ms(run)
+
+    check = dispatch.check_active_conv2d_args
+    try:
+        base = step_ms(timm.create_model("mobilenetv2_100").to(device).train())
+        acu_model = timm.create_model("mobilenetv2_acu_100").to(device).train()
+        acu = step_ms(acu_model)
+
+        dispatch.check_active_conv2d_args = lambda *args: None
+        acu_unchecked = step_ms(acu_model)
+    except Exception:  # noqa: BLE001
+        FAILURES.append("model step: exception")
+        log(f"FAIL model step: exception\n{traceback.format_exc()}")
+        return []
+    finally:
+        dispatch.check_active_conv2d_args = check
+    rows.append(
+        f"model step (ms, batch {batch}, {size} px): mobilenetv2_100 {base:.1f}, mobilenetv2_acu_100 {acu:.1f} "
+        f"(x{acu / base:.2f}), without the argument checks {acu_unchecked:.1f} (x{acu_unchecked / base:.2f})"
+    )
+    log(rows[-1])
+    return rows
+
+
 def peak_backward_ratio(torch, native, x, w, p, stride, groups, grad, device) -> float:
     if device != "cuda":
         return float("nan")
@@ -541,6 +593,7 @@ def main() -> int:
     copy_gbs = copy_bandwidth(torch, device, timer, small) or 0.0
     rows = run_benchmark(torch, native, active_conv2d, device, timer, 2 if small else 128, copy_gbs, deadline)
     TABLE.extend(rows)
+    TABLE.extend(model_step(torch, device, timer, small, deadline + 60))
     print_table()
     return 1 if FAILURES else 0
 
