@@ -508,7 +508,6 @@ def model_step(torch, device, timer, small, deadline):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=gen).to(device)
     labels = torch.randint(0, 1000, (batch,), generator=gen).to(device)
-    rows = []
 
     def step_ms(model):
         def run():
@@ -522,7 +521,6 @@ def model_step(torch, device, timer, small, deadline):
         base = step_ms(timm.create_model("mobilenetv2_100").to(device).train())
         acu_model = timm.create_model("mobilenetv2_acu_100").to(device).train()
         acu = step_ms(acu_model)
-
         dispatch.check_active_conv2d_args = lambda *args: None
         acu_unchecked = step_ms(acu_model)
     except Exception:  # noqa: BLE001
@@ -531,12 +529,12 @@ def model_step(torch, device, timer, small, deadline):
         return []
     finally:
         dispatch.check_active_conv2d_args = check
-    rows.append(
+    row = (
         f"model step (ms, batch {batch}, {size} px): mobilenetv2_100 {base:.1f}, mobilenetv2_acu_100 {acu:.1f} "
         f"(x{acu / base:.2f}), without the argument checks {acu_unchecked:.1f} (x{acu_unchecked / base:.2f})"
     )
-    log(rows[-1])
-    return rows
+    log(row)
+    return [row]
 
 
 def peak_backward_ratio(torch, native, x, w, p, stride, groups, grad, device) -> float:

@@ -106,7 +106,8 @@ template <typename T>
 struct Merged {
   Box value, slope;
   // Per row of the slope box, the columns whose dots some synapse uses (the box's
-  // corners are never used by synapses on integers: 21 of 25 dots at init).
+  // corners are never used by synapses on integers: 21 of 25 dots at init); filled with
+  // the synapses' tap lists (list_synapse_taps).
   std::vector<RowSpan> slope_rows;
   int64_t cpad = 0;
   std::vector<T> kernel;
@@ -137,11 +138,6 @@ Merged<T> merged_boxes(const std::vector<AxisTaps<T>>& taps, const Geometry& g) 
       box.extend(r1, c1);
     }
   }
-  if (m.slope.empty()) return m;
-  m.slope_rows.assign(m.slope.r1 - m.slope.r0 + 1, RowSpan{});
-  for_each_tap(taps.data(), g.sets * g.synapses, H, W, [&](int64_t, int dr, int dc, T, T, T) {
-    m.slope_rows[dr - m.slope.r0].extend(dc);
-  });
   return m;
 }
 
@@ -170,28 +166,20 @@ struct Prepared {
   std::vector<int64_t> value_begin, slope_begin;
 };
 
+// Fills prep's tap lists and its boxes' row spans, in one walk over the synapses' taps. A
+// tap with a value weight (cv != 0) lies in the value box (axis_span's inner taps).
 template <typename T>
 void list_synapse_taps(Prepared<T>& prep, const Geometry& g) {
   const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
-  const int64_t n = g.sets * g.synapses;
-  const Box& value = prep.boxes.value;
-  const Box& slope = prep.boxes.slope;
+  Merged<T>& boxes = prep.boxes;
   prep.value_taps.clear(), prep.slope_taps.clear();
   prep.value_begin.assign(1, 0), prep.slope_begin.assign(1, 0);
-  for (int64_t i = 0; i < n; ++i) {
-    const AxisTaps<T>& ta = prep.taps[2 * i];
-    const AxisTaps<T>& tb = prep.taps[2 * i + 1];
-    for (int a = 0; a < ta.count; ++a) {
-      const int dr = ta.first + a;
-      if (ta.value[a] == T(0) || !tap_hits(dr, H)) continue;
-      for (int b = 0; b < tb.count; ++b) {
-        const int dc = tb.first + b;
-        if (tb.value[b] == T(0) || !tap_hits(dc, W)) continue;
-        prep.value_taps.push_back({static_cast<int32_t>(value.index(dr, dc)), ta.value[a] * tb.value[b]});
-      }
-    }
-    for_each_tap(&ta, 1, H, W, [&](int64_t, int dr, int dc, T cv, T ca, T cb) {
-      prep.slope_taps.push_back({static_cast<int32_t>(slope.index(dr, dc)), cv, ca, cb});
+  boxes.slope_rows.assign(boxes.slope.empty() ? 0 : boxes.slope.r1 - boxes.slope.r0 + 1, RowSpan{});
+  for (int64_t i = 0; i < g.sets * g.synapses; ++i) {
+    for_each_tap(&prep.taps[2 * i], 1, H, W, [&](int64_t, int dr, int dc, T cv, T ca, T cb) {
+      if (cv != T(0)) prep.value_taps.push_back({static_cast<int32_t>(boxes.value.index(dr, dc)), cv});
+      prep.slope_taps.push_back({static_cast<int32_t>(boxes.slope.index(dr, dc)), cv, ca, cb});
+      boxes.slope_rows[dr - boxes.slope.r0].extend(dc);
     });
     prep.value_begin.push_back(static_cast<int64_t>(prep.value_taps.size()));
     prep.slope_begin.push_back(static_cast<int64_t>(prep.slope_taps.size()));

@@ -99,26 +99,6 @@ struct Reads {
   int sr, sc;
 };
 
-// G adjacent output pixels of one row and one block of channels, tap rows [i_lo, i_hi]
-// and every tap column, all of which read inside the plane.
-template <int G, bool Full, typename T>
-void inplace_group(const Reads<T>& in, int oh, int ow, int i_lo, int i_hi, const T* kern, const Box& box,
-                   int64_t cpad, const typename Lanes<T>::vec& start, const Sink<T>& out) {
-  using V = typename Lanes<T>::vec;
-  V acc[G];
-  for (int q = 0; q < G; ++q) acc[q] = start;
-  const int64_t step = in.sc * in.s.w;  // between adjacent output pixels
-  for (int i = i_lo; i <= i_hi; ++i) {
-    const T* k = kern + static_cast<int64_t>(i - box.r0) * box.cols() * cpad;
-    const T* x = in.at + (in.sr * oh + i) * in.s.h + (in.sc * ow + box.c0) * in.s.w;
-    for (int j = box.c0; j <= box.c1; ++j, k += cpad, x += in.s.w) {
-      const V kv = load_vec<V>(k);
-      for (int q = 0; q < G; ++q) acc[q] += kv * read_block<T, Full>(x + q * step, out.lanes);
-    }
-  }
-  for (int q = 0; q < G; ++q) out.put(oh, ow + q, acc[q]);
-}
-
 // Interior pixels also go by quads: kQuadPixels adjacent output pixels times kQuadBlocks
 // blocks of channels, so that each pixel's read is one run of kQuadBlocks * L contiguous
 // values rather than a single vector every C values, which the memory system serves
@@ -127,35 +107,40 @@ void inplace_group(const Reads<T>& in, int oh, int ow, int i_lo, int i_hi, const
 constexpr int kQuadPixels = 4;
 constexpr int kQuadBlocks = 4;
 
-// inplace_group for kQuadPixels pixels and kQuadBlocks whole blocks from channel `at`'s
-// block (in and out point at the first block's channel, kern at its taps; init: the
-// blocks' start values or null).
-template <typename T>
-void inplace_quad(const Reads<T>& in, int oh, int ow, int i_lo, int i_hi, const T* kern, const Box& box,
-                  int64_t cpad, const T* init, const Sink<T>& out) {
+// G adjacent output pixels of one row and NB adjacent blocks of channels (in, kern and out
+// at the first block's channel), tap rows [i_lo, i_hi] and every tap column, all of which
+// read inside the plane. init: the blocks' start values (bias), or null.
+template <int G, bool Full, int NB, typename T>
+void inplace_group(const Reads<T>& in, int oh, int ow, int i_lo, int i_hi, const T* kern, const Box& box,
+                   int64_t cpad, const T* init, const Sink<T>& out) {
   using V = typename Lanes<T>::vec;
   constexpr int64_t L = Lanes<T>::n;
-  constexpr int P = kQuadPixels, NB = kQuadBlocks;
-  V acc[P][NB];
+  static_assert(Full || NB == 1, "a partial block goes alone");
+  V acc[G][NB];
   for (int b = 0; b < NB; ++b) {
     const V start = init ? load_vec<V>(init + b * L) : V{};
-    for (int q = 0; q < P; ++q) acc[q][b] = start;
+    for (int q = 0; q < G; ++q) acc[q][b] = start;
   }
-  const int64_t step = in.sc * in.s.w;
+  const int64_t step = in.sc * in.s.w;  // between adjacent output pixels
   for (int i = i_lo; i <= i_hi; ++i) {
     const T* k = kern + static_cast<int64_t>(i - box.r0) * box.cols() * cpad;
     const T* x = in.at + (in.sr * oh + i) * in.s.h + (in.sc * ow + box.c0) * in.s.w;
     for (int j = box.c0; j <= box.c1; ++j, k += cpad, x += in.s.w) {
       V kv[NB];
       for (int b = 0; b < NB; ++b) kv[b] = load_vec<V>(k + b * L);
-      for (int q = 0; q < P; ++q) {
-        for (int b = 0; b < NB; ++b) acc[q][b] += kv[b] * load_vec<V>(x + q * step + b * L);
+      for (int q = 0; q < G; ++q) {
+        for (int b = 0; b < NB; ++b) acc[q][b] += kv[b] * read_block<T, Full>(x + q * step + b * L, out.lanes);
       }
     }
   }
-  for (int q = 0; q < P; ++q) {
-    T* to = out.at + oh * out.s.h + (ow + q) * out.s.w;
-    for (int b = 0; b < NB; ++b) store_vec(to + b * L, acc[q][b]);
+  // Pixel by pixel, so that a pixel's blocks are written as one run.
+  for (int q = 0; q < G; ++q) {
+    if constexpr (Full) {
+      T* to = out.at + oh * out.s.h + (ow + q) * out.s.w;
+      for (int b = 0; b < NB; ++b) store_vec(to + b * L, acc[q][b]);
+    } else {
+      out.put(oh, ow + q, acc[q][0]);
+    }
   }
 }
 
@@ -164,9 +149,10 @@ void inplace_quad(const Reads<T>& in, int oh, int ow, int i_lo, int i_hi, const 
 // vectors (column sc * ow + c0 + u at u), so that no read needs a bound.
 template <int G, bool Full, typename T>
 void edge_group(const Reads<T>& in, int oh, int ow, int i_lo, int i_hi, const T* kern, const Box& box, int64_t cpad,
-                const typename Lanes<T>::vec& start, const Sink<T>& out, typename Lanes<T>::vec* gathered) {
+                const T* init, const Sink<T>& out, typename Lanes<T>::vec* gathered) {
   using V = typename Lanes<T>::vec;
   V acc[G];
+  const V start = init ? load_vec<V>(init) : V{};
   for (int q = 0; q < G; ++q) acc[q] = start;
   const int cols = box.cols(), run = in.sc * (G - 1) + cols, first = in.sc * ow + box.c0;
   for (int i = i_lo; i <= i_hi; ++i) {
@@ -197,7 +183,6 @@ std::vector<typename Lanes<T>::vec> edge_scratch(const Box& box, int sc) {
 template <typename T>
 void correlate_in_place(const Reads<T>& in, const TapKernel<T>& k, int oh, int Wo, int64_t C, const T* init,
                         T* dst, const Strides& so, typename Lanes<T>::vec* scratch) {
-  using V = typename Lanes<T>::vec;
   constexpr int64_t L = Lanes<T>::n;
   const Box& box = k.box;
   const int i_lo = box.empty() ? 1 : std::max(box.r0, -in.sr * oh);
@@ -207,7 +192,7 @@ void correlate_in_place(const Reads<T>& in, const TapKernel<T>& k, int oh, int W
   const int inner_hi = std::min(Wo - 1, floor_div(in.W - 1 - box.c1, in.sc));
   auto blocks = [&](auto group, int ow, int64_t c_from = 0) {
     for (int64_t c = c_from; c < C; c += L) {
-      const V start = init ? load_vec<V>(init + c) : V{};
+      const T* start = init ? init + c : nullptr;
       const Sink<T> sink{dst + c, so, std::min(L, C - c)};
       const Reads<T> block{in.at + c, in.s, in.H, in.W, in.sr, in.sc};
       if (C - c >= L) {
@@ -218,11 +203,11 @@ void correlate_in_place(const Reads<T>& in, const TapKernel<T>& k, int oh, int W
     }
   };
 #define ACU_INNER(G)                                                                                     \
-  [&](auto full, const Reads<T>& b, int ow, const T* kd, const V& start, const Sink<T>& sink) {              \
-    inplace_group<G, decltype(full)::value>(b, oh, ow, i_lo, i_hi, kd, box, k.cpad, start, sink);            \
+  [&](auto full, const Reads<T>& b, int ow, const T* kd, const T* start, const Sink<T>& sink) {              \
+    inplace_group<G, decltype(full)::value, 1>(b, oh, ow, i_lo, i_hi, kd, box, k.cpad, start, sink);         \
   }
 #define ACU_EDGE(G)                                                                                      \
-  [&](auto full, const Reads<T>& b, int ow, const T* kd, const V& start, const Sink<T>& sink) {              \
+  [&](auto full, const Reads<T>& b, int ow, const T* kd, const T* start, const Sink<T>& sink) {              \
     edge_group<G, decltype(full)::value>(b, oh, ow, i_lo, i_hi, kd, box, k.cpad, start, sink, scratch);      \
   }
   // Pixels [from, to) by groups of up to kGroup, edge groups or not.
@@ -261,7 +246,8 @@ void correlate_in_place(const Reads<T>& in, const TapKernel<T>& k, int oh, int W
       const Reads<T> block{in.at + c, in.s, in.H, in.W, in.sr, in.sc};
       const Sink<T> sink{dst + c, so, L};
       for (int ow = from; ow < quads_end; ow += kQuadPixels) {
-        inplace_quad(block, oh, ow, i_lo, i_hi, k.data + c, box, k.cpad, init ? init + c : nullptr, sink);
+        inplace_group<kQuadPixels, true, kQuadBlocks>(block, oh, ow, i_lo, i_hi, k.data + c, box, k.cpad,
+                                                      init ? init + c : nullptr, sink);
       }
     }
     if (whole < C) {
