@@ -2,9 +2,11 @@
 vector lanes) and the plane kernels they replace where the merged kernel is small.
 
 ``acuzoo::_set_cpu_depthwise_blocks`` forces one or the other (1 blocks, -1 planes, 0 the
-cost rule), and ``acuzoo::_set_cpu_blocks_direct`` the blocks' forward reads (1 in place
-from the channels-last input, -1 through zero-bordered band copies), so every variant is
-held to the reference on every shape here.
+cost rule), ``acuzoo::_set_cpu_blocks_direct`` the blocks' forward reads (1 in place
+from the channels-last input, -1 through zero-bordered band copies), and
+``acuzoo::_set_cpu_platform_conv`` whether the blocks hand the merged kernel to the
+platform's depthwise conv for the forward and the input gradient (1 always, in any dtype,
+-1 never), so every variant is held to the reference on every shape here.
 """
 
 from __future__ import annotations
@@ -39,14 +41,22 @@ DEPTHWISE = {
     "quads_stride2": (1, 40, 40, 7, 14, 40, 40, 2),
 }
 SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
-# (blocks mode, forward reads mode)
-MODES = {"blocks_in_place": (1, 1), "blocks_bands": (1, -1), "planes": (-1, 0)}
-READS = {"in_place": 1, "bands": -1}
+# (blocks mode, reads mode, platform conv mode)
+MODES = {
+    "blocks_in_place": (1, 1, -1),
+    "blocks_bands": (1, -1, -1),
+    "planes": (-1, 0, 0),
+    "platform_in_place": (1, 1, 1),
+    "platform_bands": (1, -1, 1),
+}
+# (reads mode, platform conv mode) with the blocks forced
+READS = {"in_place": (1, -1), "bands": (-1, -1), "platform": (1, 1)}
 
 
-def set_mode(mode: int, reads: int = 0) -> None:
+def set_mode(mode: int, reads: int = 0, platform: int = 0) -> None:
     torch.ops.acuzoo._set_cpu_depthwise_blocks(mode)
     torch.ops.acuzoo._set_cpu_blocks_direct(reads)
+    torch.ops.acuzoo._set_cpu_platform_conv(platform)
 
 
 @pytest.fixture(params=MODES.values(), ids=MODES.keys())
@@ -58,7 +68,7 @@ def mode(request, ext):
 
 @pytest.fixture(params=READS.values(), ids=READS.keys())
 def forced_blocks(request, ext):
-    set_mode(1, request.param)
+    set_mode(1, *request.param)
     yield
     set_mode(0)
 
@@ -193,3 +203,51 @@ def test_blocks_reuse_taps_only_for_the_same_position_values_and_plane(forced_bl
     small = make_args((1, 6, 6, 2, 3, 6, 6, 1), 4.0)[0]
     for plane in (small, x, small):  # same values; the small plane clips the box
         assert_native_equals_reference((plane, w, pos, b, stride, groups))
+
+
+def _platform_calls(args) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        grads(native.native_active_conv2d, *args)
+    return {e.key for e in prof.key_averages()} & {"aten::conv2d", "aten::convolution_backward"}
+
+
+@pytest.mark.parametrize(
+    ("dtype", "size", "spread", "expected"),
+    [
+        (torch.float32, 28, None, {"aten::conv2d", "aten::convolution_backward"}),
+        (torch.float32, 28, 3.0, {"aten::conv2d", "aten::convolution_backward"}),
+        (torch.float32, 28, 4.0, set()),
+        (torch.float32, 7, None, {"aten::conv2d"}),
+        (torch.float64, 28, None, set()),
+    ],
+    ids=["f32_integers_5x5", "f32_7x7", "f32_9x9_blocks", "f32_bands_own_input_grad", "f64_blocks"],
+)
+def test_platform_conv_runs_float32_kernels_up_to_7x7(ext, dtype, size, spread, expected):
+    # The rule of platform_runs: float32 merged kernels within 7x7 go to the platform's
+    # conv (forward; input gradient too where the blocks read in place, not on a 7x7 plane
+    # copied by bands), wider ones and float64 stay with the blocks.
+    x, *rest = make_args((2, 16, 16, size, size, 16, 16, 1), spread, dtype=dtype)
+    set_mode(1)
+    try:
+        assert _platform_calls([x.contiguous(memory_format=torch.channels_last), *rest]) == expected
+    finally:
+        set_mode(0)
+
+
+def test_platform_conv_keeps_the_ops_dtype_under_autocast(ext):
+    # The op called directly inside a bf16 autocast region: the platform conv it calls must
+    # not be autocast (the op's float32 contract), so the results equal those outside it.
+    x, w, pos, b, stride, groups = make_args((2, 16, 16, 12, 12, 16, 16, 1), 1.5, dtype=torch.float32)
+    x = x.contiguous(memory_format=torch.channels_last)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, pos, b)]
+    op = torch.ops.acuzoo.active_conv2d
+    plain = op(*leaves, [1, 1], groups)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = op(*leaves, [1, 1], groups)
+    assert inside.dtype == torch.float32
+    assert torch.equal(inside, plain)
+    g = torch.randn_like(plain)
+    want = torch.autograd.grad(plain, leaves, g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = torch.autograd.grad(inside, leaves, g)
+    assert all(torch.equal(a, c) for a, c in zip(got, want))

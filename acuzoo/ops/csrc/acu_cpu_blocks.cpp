@@ -18,6 +18,7 @@
 #include "acu_cpu_blocks.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -34,6 +35,7 @@ namespace {
 
 std::atomic<int64_t> mode_override{0};
 std::atomic<int64_t> in_place_override{0};
+std::atomic<int64_t> platform_override{0};
 // Layers whose merged kernel reads at most this many taps per pixel (on average over the
 // plane) go by channel blocks; NCHW inputs only on planes up to kMaxNchwPlane pixels.
 // See blocks_suit.
@@ -53,6 +55,9 @@ constexpr int64_t kSampleRanges = 8;
 constexpr int64_t kBandElements = int64_t(64) << 10;
 // The widest band: enough channels per pixel for long copies from channels-last tensors.
 constexpr int64_t kMaxBandChannels = 512;
+// The platform's depthwise conv (oneDNN here) runs merged kernels up to this radius (7x7)
+// in float32. See platform_runs.
+constexpr int kMaxPlatformRadius = 3;
 
 // A band buffer holds channels [c0, c0 + nl) of one sample by blocks of L channels (the
 // vector width): block by block, pixel by pixel, L values per pixel (the lanes past nl
@@ -365,10 +370,51 @@ bool reads_in_place(const Box& value, const Geometry& g) {
   return narrow_enough(value, g);
 }
 
+// Whether the platform's depthwise conv runs the merged kernel (the forward, and the input
+// gradient where the blocks read in place). Its jit kernels beat the channel blocks at
+// both (bench/RESULTS.md, seventh session; channels-last, batch 32, forward / input
+// gradient in ms, platform vs blocks): 192x28 init 0.97 / 1.16 vs 1.32 / 1.32, +-3 (7x7)
+// 2.54 / 3.51 vs 3.92 / 3.36; 960x7 +-1.5 0.53 vs 0.84. The input gradient stays with the
+// blocks on planes they copy by bands, where they take it in the same pass as the dots.
+// Float32 only: the platform's float64 depthwise conv is a slow generic loop, and its
+// kernels for wider boxes are not tuned.
+bool platform_runs(const Box& value, at::ScalarType dtype) {
+  const int64_t mode = platform_override.load();
+  if (mode != 0) return mode > 0;
+  const int radius = std::max({-value.r0, value.r1, -value.c0, value.c1});
+  return dtype == at::kFloat && !value.empty() && radius <= kMaxPlatformRadius;
+}
+
+// The merged kernel (C, 1, 2a + 1, 2b + 1), centred on the origin tap, for the platform's
+// depthwise conv (a correlation: kernel[a + dr, b + dc] weighs the read at (dr, dc)), and
+// its padding (a, b). The calls run outside autocast: the op's own dtype is the contract.
+struct PlatformKernel {
+  at::Tensor weight;
+  std::vector<int64_t> padding;
+};
+
+template <typename T>
+PlatformKernel platform_kernel(const Merged<T>& m, const Geometry& g, const at::TensorOptions& opts) {
+  const Box& box = m.value;
+  const int a = box.empty() ? 0 : std::max(-box.r0, box.r1), b = box.empty() ? 0 : std::max(-box.c0, box.c1);
+  const int kh = 2 * a + 1, kw = 2 * b + 1;
+  at::Tensor weight = at::zeros({g.c_out, 1, kh, kw}, opts);
+  T* dst = weight.mutable_data_ptr<T>();
+  for (int dr = box.r0; dr <= box.r1; ++dr) {
+    for (int dc = box.c0; dc <= box.c1; ++dc) {
+      const T* src = m.kernel.data() + box.index(dr, dc) * m.cpad;
+      const int64_t at_tap = static_cast<int64_t>(dr + a) * kw + (dc + b);
+      for (int64_t c = 0; c < g.c_out; ++c) dst[c * kh * kw + at_tap] = src[c];
+    }
+  }
+  return {weight, {a, b}};
+}
+
 }  // namespace
 
 void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
 void set_in_place_mode(int64_t mode) { in_place_override.store(mode); }
+void set_platform_mode(int64_t mode) { platform_override.store(mode); }
 
 bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
   if (!is_depthwise(g)) return false;
@@ -399,12 +445,18 @@ bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tenso
 at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, const at::Tensor& positions,
                           const std::optional<at::Tensor>& bias, const Geometry& g) {
   const at::Tensor input = channels_last(input_);
-  at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w},
-                             input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_blocks_forward_cpu", [&] {
     using T = scalar_t;
     constexpr int64_t L = Lanes<T>::n;
     const Merged<T> m = merge(prepared<T>(positions, g), weight.const_data_ptr<T>(), g, L, true);
+    if (platform_runs(m.value, input.scalar_type())) {
+      const PlatformKernel k = platform_kernel(m, g, input.options());
+      const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+      out = at::conv2d(input, k.weight, bias, {g.stride_h, g.stride_w}, k.padding, {1, 1}, g.c_out);
+      return;
+    }
+    out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
     std::vector<T> bias_lanes(bias.has_value() ? m.cpad : 0, T(0));
     if (bias.has_value()) std::copy_n(bias->const_data_ptr<T>(), g.c_out, bias_lanes.begin());
     const T* init = bias_lanes.empty() ? nullptr : bias_lanes.data();
@@ -581,7 +633,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
   const auto cl = grad_out.options().memory_format(at::MemoryFormat::ChannelsLast);
   // The input is read only for the sums; its gradient takes its shape.
   const at::Tensor input = need_sums ? channels_last(input_) : at::empty({0, 0, 0, 0}, cl);
-  at::Tensor gx = need_x ? at::empty(input_.sizes(), cl) : at::Tensor();
+  at::Tensor gx;
   const int64_t C = g.c_out, K = g.synapses;
   at::Tensor sums = need_sums ? at::zeros({C, K, 3}, grad_out.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "acu_blocks_backward_cpu", [&] {
@@ -590,6 +642,21 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const Prepared<T>& prep = prepared<T>(positions, g);
     const T* w = weight.const_data_ptr<T>();
     const Merged<T> m = merge(prep, w, g, L, need_x);
+    // The input gradient by the platform's conv, or by the blocks (with the dots).
+    const bool platform_x =
+        need_x && platform_runs(m.value, grad_out.scalar_type()) &&
+        (platform_override.load() > 0 || reads_in_place(m.value, g));
+    if (platform_x) {
+      const PlatformKernel k = platform_kernel(m, g, grad_out.options());
+      const at::Tensor shape_of_x = need_sums ? input : at::empty(input_.sizes(), cl);
+      const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+      gx = std::get<0>(at::convolution_backward(grad_out, shape_of_x, k.weight, std::nullopt,
+                                                {g.stride_h, g.stride_w}, k.padding, {1, 1}, false, {0, 0},
+                                                g.c_out, {true, false, false}));
+      if (!need_sums) return;
+    } else if (need_x) {
+      gx = at::empty(input_.sizes(), cl);
+    }
     const int64_t n_taps = need_sums ? m.slope.taps() : 0;
     const int64_t per_range = (g.batch + kSampleRanges - 1) / kSampleRanges;
     const int64_t ranges = (g.batch + per_range - 1) / per_range;
@@ -600,7 +667,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
                           m,
                           grad_out.const_data_ptr<T>(),
                           need_sums ? input.const_data_ptr<T>() : nullptr,
-                          need_x ? gx.mutable_data_ptr<T>() : nullptr,
+                          need_x && !platform_x ? gx.mutable_data_ptr<T>() : nullptr,
                           sample_strides(grad_out),
                           sample_strides(x_like),
                           grad_out.stride(0),
@@ -649,4 +716,5 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
 TORCH_LIBRARY_FRAGMENT(acuzoo, m) {
   m.def("_set_cpu_depthwise_blocks(int mode) -> ()", &acu::set_blocks_mode);
   m.def("_set_cpu_blocks_direct(int mode) -> ()", &acu::set_in_place_mode);
+  m.def("_set_cpu_platform_conv(int mode) -> ()", &acu::set_platform_mode);
 }
