@@ -1,7 +1,8 @@
 """The native depthwise CPU kernels side by side, in the same run: channel blocks reading
 channels-last input in place, channel blocks through zero-bordered band copies, and padded
-planes (forced with the test hooks ``acuzoo::_set_cpu_depthwise_blocks`` and
-``acuzoo::_set_cpu_blocks_direct``), against PyTorch's depthwise 3x3 conv, in NCHW and
+planes (forced with the test hooks ``acuzoo::_set_cpu_depthwise_blocks``,
+``acuzoo::_set_cpu_blocks_direct`` and ``acuzoo::_set_cpu_platform_conv``), and what the
+dispatcher picks (``auto``), against PyTorch's depthwise 3x3 conv, in NCHW and
 channels_last. Medians in ms; not a test.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 \\
@@ -23,8 +24,16 @@ from acuzoo.nn.active_conv import grid_positions  # noqa: E402
 from acuzoo.ops import native  # noqa: E402
 from bench.ops import median_ms  # noqa: E402
 
-# kernel: (blocks mode, in-place mode) for the two test hooks
-MODES = {"in-place": (1, 1), "bands": (1, -1), "planes": (-1, 0)}
+# kernel: (blocks mode, in-place mode, platform conv mode) for the three test hooks; "auto"
+# is what the dispatcher does (the blocks hand float32 kernels up to 7x7 to the platform's
+# conv for the forward, and for the input gradient where they read in place)
+MODES = {"in-place": (1, 1, -1), "bands": (1, -1, -1), "planes": (-1, 0, 0), "auto": (0, 0, 0)}
+
+
+def set_modes(blocks: int, in_place: int, platform: int) -> None:
+    torch.ops.acuzoo._set_cpu_depthwise_blocks(blocks)
+    torch.ops.acuzoo._set_cpu_blocks_direct(in_place)
+    torch.ops.acuzoo._set_cpu_platform_conv(platform)
 
 
 def conv_fwd_bwd(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> None:
@@ -61,14 +70,12 @@ def main() -> None:
             conv = median_ms(partial(conv_fwd_bwd, xf, torch.randn(c, 1, 3, 3), go))
             forward = partial(op, xf, w, pos, None, [1, 1], c)
             gradients = partial(backward, go, xf, w, pos, [1, 1], c, [True, True, True])
-            for kernel, (blocks, in_place) in MODES.items():
-                torch.ops.acuzoo._set_cpu_depthwise_blocks(blocks)
-                torch.ops.acuzoo._set_cpu_blocks_direct(in_place)
+            for kernel, modes in MODES.items():
+                set_modes(*modes)
                 try:
                     fwd, bwd = median_ms(forward), median_ms(gradients)
                 finally:
-                    torch.ops.acuzoo._set_cpu_depthwise_blocks(0)
-                    torch.ops.acuzoo._set_cpu_blocks_direct(0)
+                    set_modes(0, 0, 0)
                 total = fwd + bwd
                 print(f"{shape:<8}{name:<8}{kernel:<10}{fwd:>8.2f}{bwd:>8.2f}{total:>8.2f}{total / conv:>12.2f}")
 

@@ -80,9 +80,15 @@ def choose_path(
         out_pixels = ((x.shape[-2] - 1) // stride[0] + 1) * ((x.shape[-1] - 1) // stride[1] + 1)
         small_strided = out_pixels < _NATIVE_DEPTHWISE_MIN_PIXELS and stride != (1, 1)
         return "dense" if small_strided and dense_box() <= _DENSE_DEPTHWISE_MAX_BOX else "native"
-    dense_cost = c_out * c_per_group * dense_box()
+    box = dense_box()
+    dense_cost = c_out * c_per_group * box
     if native:
         tiled = c_per_group >= _NATIVE_TILES_MIN_CHANNELS
+        if tiled and box <= 9 and x.dtype == torch.float32:
+            # Synapses within the 3x3 grid: the tiles' forward is then the platform's 3x3 conv
+            # itself (acu_cpu_tiles.cpp) and their backward beats the dense path's (64->64
+            # CIFAR layer at init: forward+backward 1.35x the conv against 1.52x).
+            return "native"
         taps = _NATIVE_TILES_TAPS_PER_SYNAPSE if tiled else _NATIVE_COLUMNS_TAPS_PER_SYNAPSE
         return "dense" if dense_cost <= c_out * c_per_group * k * taps else "native"
     _, segments = column_units(x.shape[1], c_out, groups, positions.shape[0])

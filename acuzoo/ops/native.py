@@ -48,10 +48,19 @@ _CPU_SOURCES = (
     "acu_cpu.cpp",
     "acu_cpu_blocks.cpp",
     "acu_cpu_tiles.cpp",
+    "acu_cpu_platform.cpp",
     "acu_twin.cpp",
 )
 _CUDA_SOURCES = ("acu_cuda.cu",)
-_HEADERS = ("acu_cpu_blocks.h", "acu_cpu_inplace.h", "acu_cpu_taps.h", "acu_math.h", "acu_driver.h", "acu_cpu_tiles.h")
+_HEADERS = (
+    "acu_cpu_blocks.h",
+    "acu_cpu_inplace.h",
+    "acu_cpu_platform.h",
+    "acu_cpu_taps.h",
+    "acu_math.h",
+    "acu_driver.h",
+    "acu_cpu_tiles.h",
+)
 VARIANTS = ("cpu", "cuda")
 DEFAULT_CUDA_ARCH = "9.0"
 

@@ -82,6 +82,16 @@ def test_auto_prefers_native_columns_for_a_shared_layer_with_wide_spread_when_bu
     assert choose_path(x, w, pos, 1, native=True) == "native"
 
 
+def test_auto_takes_native_tiles_for_float32_layers_on_the_grid():
+    # On the grid the tiles' forward is the platform's 3x3 conv; float64 (no platform conv)
+    # and groups too narrow for tiles keep the dense path.
+    grid = torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)[None]
+    x, w = torch.randn(2, 64, 16, 16), torch.randn(64, 64, 9)
+    assert choose_path(x, w, grid, 1, native=True) == "native"
+    assert choose_path(x.double(), w.double(), grid.double(), 1, native=True) == "dense"
+    assert choose_path(x, torch.randn(64, 4, 9), grid, 16, native=True) == "dense"
+
+
 def test_on_cuda_auto_takes_native_kernels_unless_a_depthwise_table_outgrows_shared_memory():
     # choose_path reads only the device type and the shape of x: no GPU is needed to test it.
     x = SimpleNamespace(device=torch.device("cuda"), shape=(2, 8, 32, 32))
@@ -98,12 +108,11 @@ def test_auto_prefers_dense_for_depthwise_layers_without_native_kernels():
     assert choose_path(x, w, pos, 64, native=False) == "dense"
 
 
-def test_auto_prefers_dense_for_a_shared_layer_on_its_grid():
+def test_auto_prefers_dense_for_a_shared_layer_on_its_grid_without_native_kernels():
     x = torch.randn(2, 64, 16, 16)
     w = torch.randn(64, 64, 9)
     grid = torch.tensor([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)
     assert choose_path(x, w, grid[None], 1, native=False) == "dense"
-    assert choose_path(x, w, grid[None], 1, native=True) == "dense"
 
 
 def test_meta_tensors_propagate_the_output_shape():

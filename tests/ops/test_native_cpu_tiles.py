@@ -4,6 +4,8 @@ depthwise planes, and the rule that outputs take the input's memory format.
 Tiles are chosen by layer size and thread count; ``acuzoo::_set_cpu_tiles`` forces them
 on (or off) and shrinks them, so that the small layers here cover many tiles per sample,
 one output row per tile, and the whole-batch columns path they replace.
+``acuzoo::_set_cpu_platform_conv`` forces the tiles' forward through the platform's conv
+with the merged kernel (by default float32 kernels within the 3x3 grid only).
 """
 
 from __future__ import annotations
@@ -25,15 +27,19 @@ from .test_native_cpu import (
 )
 
 GROUPED = {name: case for name, case in CASES.items() if not name.startswith("depthwise")}
-# (tile columns budget, mode): default size forced on; one output row per tile; forced off.
-TILINGS = {"tiles": (0, 1), "row_tiles": (1, 1), "no_tiles": (0, -1)}
+# (tile columns budget, mode, platform conv mode): default size forced on; one output row
+# per tile; forced off; forced on with the forward by the platform's conv.
+TILINGS = {"tiles": (0, 1, -1), "row_tiles": (1, 1, -1), "no_tiles": (0, -1, -1), "platform": (0, 1, 1)}
 
 
 @pytest.fixture(params=TILINGS.values(), ids=TILINGS.keys())
 def tiling(request, ext):
-    torch.ops.acuzoo._set_cpu_tiles(*request.param)
+    budget, mode, platform = request.param
+    torch.ops.acuzoo._set_cpu_tiles(budget, mode)
+    torch.ops.acuzoo._set_cpu_platform_conv(platform)
     yield request.param
     torch.ops.acuzoo._set_cpu_tiles(0, 0)
+    torch.ops.acuzoo._set_cpu_platform_conv(0)
 
 
 @pytest.fixture
@@ -119,3 +125,21 @@ def test_fake_kernel_follows_the_same_memory_format_rule(ext):
             xf, mode.from_tensor(weight), mode.from_tensor(positions), mode.from_tensor(b), [stride, stride], groups
         )
     assert fake.shape == real.shape and fake.stride() == real.stride()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "grid", "expected"),
+    [(torch.float32, True, True), (torch.float32, False, False), (torch.float64, True, False)],
+    ids=["f32_grid", "f32_1.5", "f64_grid"],
+)
+def test_tiles_forward_runs_3x3_grid_kernels_on_the_platform_conv(forced_tiles, dtype, grid, expected):
+    # Float32 layers whose synapses read within the 3x3 grid are the 3x3 conv with the
+    # merged kernel; anything wider, and float64, stays with the columns.
+    x, weight, positions, b, stride, groups = make_args(CASES["dense_P2"], 1.5, dtype=dtype)
+    if grid:
+        positions = torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=dtype).expand(2, 9, 2)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = native.native_active_conv2d(x, weight, positions.contiguous(), b, stride, groups)
+    assert ("aten::conv2d" in {e.key for e in prof.key_averages()}) == expected
+    ref = reference_active_conv2d(x.double(), weight.double(), positions.double(), b.double(), stride, groups)
+    assert max_err(out.double(), ref) < (TOL if dtype == torch.float64 else 1e-4)

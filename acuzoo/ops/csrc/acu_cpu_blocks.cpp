@@ -18,7 +18,6 @@
 #include "acu_cpu_blocks.h"
 
 #include <ATen/Parallel.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -28,6 +27,7 @@
 #include <vector>
 
 #include "acu_cpu_inplace.h"
+#include "acu_cpu_platform.h"
 #include "acu_cpu_taps.h"
 
 namespace acu {
@@ -35,7 +35,6 @@ namespace {
 
 std::atomic<int64_t> mode_override{0};
 std::atomic<int64_t> in_place_override{0};
-std::atomic<int64_t> platform_override{0};
 // Layers whose merged kernel reads at most this many taps per pixel (on average over the
 // plane) go by channel blocks; NCHW inputs only on planes up to kMaxNchwPlane pixels.
 // See blocks_suit.
@@ -376,25 +375,16 @@ bool reads_in_place(const Box& value, const Geometry& g) {
 // gradient in ms, platform vs blocks): 192x28 init 0.97 / 1.16 vs 1.32 / 1.32, +-3 (7x7)
 // 2.54 / 3.51 vs 3.92 / 3.36; 960x7 +-1.5 0.53 vs 0.84. The input gradient stays with the
 // blocks on planes they copy by bands, where they take it in the same pass as the dots.
-// Float32 only: the platform's float64 depthwise conv is a slow generic loop, and its
-// kernels for wider boxes are not tuned.
+// Wider boxes stay with the blocks: the platform's kernels for them are not tuned.
 bool platform_runs(const Box& value, at::ScalarType dtype) {
-  const int64_t mode = platform_override.load();
-  if (mode != 0) return mode > 0;
-  const int radius = std::max({-value.r0, value.r1, -value.c0, value.c1});
-  return dtype == at::kFloat && !value.empty() && radius <= kMaxPlatformRadius;
+  const int radius = value.empty() ? kMaxPlatformRadius + 1 : std::max({-value.r0, value.r1, -value.c0, value.c1});
+  return platform_conv_wanted(dtype, radius, kMaxPlatformRadius);
 }
 
 // The merged kernel (C, 1, 2a + 1, 2b + 1), centred on the origin tap, for the platform's
-// depthwise conv (a correlation: kernel[a + dr, b + dc] weighs the read at (dr, dc)), and
-// its padding (a, b). The calls run outside autocast: the op's own dtype is the contract.
-struct PlatformKernel {
-  at::Tensor weight;
-  std::vector<int64_t> padding;
-};
-
+// depthwise conv (a correlation: kernel[a + dr, b + dc] weighs the read at (dr, dc)).
 template <typename T>
-PlatformKernel platform_kernel(const Merged<T>& m, const Geometry& g, const at::TensorOptions& opts) {
+at::Tensor platform_kernel(const Merged<T>& m, const Geometry& g, const at::TensorOptions& opts) {
   const Box& box = m.value;
   const int a = box.empty() ? 0 : std::max(-box.r0, box.r1), b = box.empty() ? 0 : std::max(-box.c0, box.c1);
   const int kh = 2 * a + 1, kw = 2 * b + 1;
@@ -407,14 +397,13 @@ PlatformKernel platform_kernel(const Merged<T>& m, const Geometry& g, const at::
       for (int64_t c = 0; c < g.c_out; ++c) dst[c * kh * kw + at_tap] = src[c];
     }
   }
-  return {weight, {a, b}};
+  return weight;
 }
 
 }  // namespace
 
 void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
 void set_in_place_mode(int64_t mode) { in_place_override.store(mode); }
-void set_platform_mode(int64_t mode) { platform_override.store(mode); }
 
 bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
   if (!is_depthwise(g)) return false;
@@ -451,9 +440,7 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
     constexpr int64_t L = Lanes<T>::n;
     const Merged<T> m = merge(prepared<T>(positions, g), weight.const_data_ptr<T>(), g, L, true);
     if (platform_runs(m.value, input.scalar_type())) {
-      const PlatformKernel k = platform_kernel(m, g, input.options());
-      const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-      out = at::conv2d(input, k.weight, bias, {g.stride_h, g.stride_w}, k.padding, {1, 1}, g.c_out);
+      out = platform_conv(input, platform_kernel(m, g, input.options()), bias, g);
       return;
     }
     out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -643,16 +630,11 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const T* w = weight.const_data_ptr<T>();
     const Merged<T> m = merge(prep, w, g, L, need_x);
     // The input gradient by the platform's conv, or by the blocks (with the dots).
-    const bool platform_x =
-        need_x && platform_runs(m.value, grad_out.scalar_type()) &&
-        (platform_override.load() > 0 || reads_in_place(m.value, g));
+    const bool platform_x = need_x && platform_runs(m.value, grad_out.scalar_type()) &&
+                            (platform_conv_forced() || reads_in_place(m.value, g));
     if (platform_x) {
-      const PlatformKernel k = platform_kernel(m, g, grad_out.options());
       const at::Tensor shape_of_x = need_sums ? input : at::empty(input_.sizes(), cl);
-      const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-      gx = std::get<0>(at::convolution_backward(grad_out, shape_of_x, k.weight, std::nullopt,
-                                                {g.stride_h, g.stride_w}, k.padding, {1, 1}, false, {0, 0},
-                                                g.c_out, {true, false, false}));
+      gx = platform_conv_input_grad(grad_out, shape_of_x, platform_kernel(m, g, grad_out.options()), g);
       if (!need_sums) return;
     } else if (need_x) {
       gx = at::empty(input_.sizes(), cl);
@@ -716,5 +698,4 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
 TORCH_LIBRARY_FRAGMENT(acuzoo, m) {
   m.def("_set_cpu_depthwise_blocks(int mode) -> ()", &acu::set_blocks_mode);
   m.def("_set_cpu_blocks_direct(int mode) -> ()", &acu::set_in_place_mode);
-  m.def("_set_cpu_platform_conv(int mode) -> ()", &acu::set_platform_mode);
 }

@@ -30,8 +30,5 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out, c
 // reads at stride 1 (1 in place, -1 band copies, 0 by the rule of reads_in_place).
 void set_blocks_mode(int64_t mode);
 void set_in_place_mode(int64_t mode);
-// And for the platform's depthwise conv (forward and input gradient): 1 always (any dtype
-// and box), -1 never, 0 by platform_runs.
-void set_platform_mode(int64_t mode);
 
 }  // namespace acu

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <vector>
 
+#include "acu_cpu_platform.h"
 #include "acu_cpu_taps.h"
 #include "acu_math.h"
 
@@ -294,6 +295,42 @@ at::MemoryFormat memory_format_of(const at::Tensor& t) {
   return is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// A layer whose synapses all read within the 3x3 grid (at init, and wherever training leaves
+// the positions on it) is the 3x3 conv with its merged kernel: the platform's conv runs that
+// forward with no columns to fill (dense 64 -> 64, 32x32, batch 128: the columns' forward
+// took ~1.5x the conv's, bench/RESULTS.md). Wider kernels cost the conv more multiply-adds
+// than the columns' GEMM.
+constexpr int kMaxPlatformRadius = 1;
+
+// The merged kernel (C_out, C_in / groups, 2a + 1, 2b + 1) of Theorem 2, its centre the
+// origin tap, when the platform's conv should run it (platform_conv_wanted); else undefined.
+template <typename T>
+at::Tensor platform_kernel(const at::Tensor& weight_, const at::Tensor& positions, const Geometry& g) {
+  const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
+  const int64_t K = g.synapses, cpg = g.c_per_group, per_set = g.c_out / g.sets;
+  const auto taps = all_taps<T>(positions);
+  int a = 0, b = 0;
+  for_each_tap(taps.data(), g.sets * K, H, W, [&](int64_t, int dr, int dc, T cv, T, T) {
+    if (cv != T(0)) a = std::max(a, std::abs(dr)), b = std::max(b, std::abs(dc));
+  });
+  if (!platform_conv_wanted(weight_.scalar_type(), std::max(a, b), kMaxPlatformRadius)) return {};
+  const int kh = 2 * a + 1, kw = 2 * b + 1;
+  const at::Tensor weight = weight_.contiguous();
+  const T* w = weight.const_data_ptr<T>();
+  at::Tensor kernel = at::zeros({g.c_out, cpg, kh, kw}, weight.options());
+  T* dst = kernel.mutable_data_ptr<T>();
+  for (int64_t s = 0; s < g.sets; ++s) {
+    for_each_tap(&taps[2 * s * K], K, H, W, [&](int64_t k, int dr, int dc, T cv, T, T) {
+      if (cv == T(0)) return;
+      const int64_t at_tap = static_cast<int64_t>(dr + a) * kw + (dc + b);
+      for (int64_t oi = s * per_set * cpg; oi < (s + 1) * per_set * cpg; ++oi) {
+        dst[oi * kh * kw + at_tap] += w[oi * K + k] * cv;
+      }
+    });
+  }
+  return kernel;
+}
+
 // The weight as (C_out, K, C_in/groups): a pixel's columns run over channels per synapse.
 at::Tensor synapse_major(const at::Tensor& weight) { return weight.transpose(1, 2).contiguous(); }
 
@@ -316,6 +353,11 @@ at::Tensor tiles_forward(const at::Tensor& input_, const at::Tensor& weight, con
                          const std::optional<at::Tensor>& bias, const Geometry& g) {
   const at::MemoryFormat format = memory_format_of(input_);
   const at::Tensor input = input_.contiguous(format);
+  at::Tensor kernel;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_tiles_platform_kernel", [&] {
+    kernel = platform_kernel<scalar_t>(weight, positions, g);
+  });
+  if (kernel.defined()) return platform_conv(input, kernel, bias, g);
   at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options().memory_format(format));
   const at::Tensor w_sk = synapse_major(weight);
   const Tiling t = tiling(g);
