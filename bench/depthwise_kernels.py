@@ -26,7 +26,7 @@ from bench.ops import median_ms  # noqa: E402
 
 # kernel: (blocks mode, in-place mode, platform conv mode) for the three test hooks; "auto"
 # is what the dispatcher does (the blocks hand float32 kernels up to 7x7 to the platform's
-# conv for the forward, and for the input gradient where they read in place)
+# conv for the forward)
 MODES = {"in-place": (1, 1, -1), "bands": (1, -1, -1), "planes": (-1, 0, 0), "auto": (0, 0, 0)}
 
 

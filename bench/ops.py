@@ -15,6 +15,10 @@ Shapes: MobileNetV2's depthwise layers at 224 px, batch 32, and a dense CIFAR la
     .venv/bin/python bench/ops.py [--paths auto dense columns] [--threads 2] [--allocator glibc-keep]
         [--shapes "dw C384 14" ...] [--rounds 3] [--no-deform]
 
+``--paths native-own`` times the native kernels with the platform's conv turned off
+(``acuzoo::_set_cpu_platform_conv(-1)``): what they cost without handing float32 merged
+kernels to PyTorch's conv for the forward, in the same run.
+
 glibc's malloc hands large buffers back to the OS after every call (buffers above its
 32 MiB mmap-threshold ceiling always are), so page faults can dominate, and differently
 for the baseline and the ACU. By default (``glibc-keep``) the script re-executes itself
@@ -103,6 +107,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, float32, allocator: {allocator}")
     grid = grid_positions((3, 3), (1, 1))
 
+    def without_platform_conv(fn):
+        def run():
+            torch.ops.acuzoo._set_cpu_platform_conv(-1)
+            try:
+                return fn()
+            finally:
+                torch.ops.acuzoo._set_cpu_platform_conv(0)
+
+        return run
+
     def fwd_bwd(op, leaves, grad):
         def run():
             for t in leaves:
@@ -113,7 +127,7 @@ def main() -> None:
 
     header = f"{'shape':<16}{'spread':>7}{'conv fwd':>10}{'conv f+b':>10}"
     for path in args.paths:
-        header += f"{path + ' fwd':>14}{'x conv':>8}{path + ' f+b':>14}{'x conv':>8}"
+        header += f"{path + ' fwd':>16}{'x conv':>8}{path + ' f+b':>16}{'x conv':>8}"
     header += f"{'deform f+b':>12}{'deform/acu':>11}{'  auto picks':>13}"
     print(header)
     formats = (torch.contiguous_format, torch.channels_last)
@@ -141,8 +155,10 @@ def main() -> None:
                 op = partial(F.conv2d, xf, conv_w, None, s, 1, 1, g)
                 candidates["conv"].append((op, fwd_bwd(op, [xf, conv_w], gf)))
                 for path in args.paths:
-                    op = partial(active_conv2d, xf, weight, pos, None, s, g, path=path)
-                    candidates[path].append((op, fwd_bwd(op, [xf, weight, pos], gf)))
+                    own = path == "native-own"
+                    op = partial(active_conv2d, xf, weight, pos, None, s, g, path="native" if own else path)
+                    closures = (op, fwd_bwd(op, [xf, weight, pos], gf))
+                    candidates[path].append(tuple(map(without_platform_conv, closures)) if own else closures)
             # Rounds interleave the baseline with the paths, so that a machine slowing down
             # or speeding up mid-row moves both sides; each keeps its best round.
             best = {key: [float("inf"), float("inf")] for key in candidates}
@@ -155,7 +171,7 @@ def main() -> None:
             row = f"{name:<16}{spread_name:>7}{conv_fwd:>10.1f}{conv_fb:>10.1f}"
             for path in args.paths:
                 t_fwd, t_fb = best[path]
-                row += f"{t_fwd:>14.1f}{t_fwd / conv_fwd:>8.2f}{t_fb:>14.1f}{t_fb / conv_fb:>8.2f}"
+                row += f"{t_fwd:>16.1f}{t_fwd / conv_fwd:>8.2f}{t_fb:>16.1f}{t_fb / conv_fb:>8.2f}"
             acu_fb = min(best[path][1] for path in args.paths)
             if deform_fb is None and not args.no_deform and spread_name == "+-1.5":
                 xr = x.clone().requires_grad_()

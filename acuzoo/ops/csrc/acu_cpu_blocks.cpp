@@ -369,13 +369,12 @@ bool reads_in_place(const Box& value, const Geometry& g) {
   return narrow_enough(value, g);
 }
 
-// Whether the platform's depthwise conv runs the merged kernel (the forward, and the input
-// gradient where the blocks read in place). Its jit kernels beat the channel blocks at
-// both (bench/RESULTS.md, seventh session; channels-last, batch 32, forward / input
-// gradient in ms, platform vs blocks): 192x28 init 0.97 / 1.16 vs 1.32 / 1.32, +-3 (7x7)
-// 2.54 / 3.51 vs 3.92 / 3.36; 960x7 +-1.5 0.53 vs 0.84. The input gradient stays with the
-// blocks on planes they copy by bands, where they take it in the same pass as the dots.
-// Wider boxes stay with the blocks: the platform's kernels for them are not tuned.
+// Whether the platform's depthwise conv runs the forward with the merged kernel: its jit
+// kernels beat the channel blocks' forward up to 7x7 (bench/RESULTS.md, seventh session;
+// channels-last, batch 32, ms, platform vs blocks): 192x28 init 0.97 vs 1.32, +-1.5 1.57
+// vs 2.11, +-3 2.54 vs 3.92; 960x7 +-1.5 0.53 vs 0.84. Their input gradient is no faster
+// than the blocks' (192x28 +-3 3.51 vs 3.36; an interleaved A/B of the whole backward
+// within +-10 % either way), so the backward stays with the blocks; wider boxes too.
 bool platform_runs(const Box& value, at::ScalarType dtype) {
   const int radius = value.empty() ? kMaxPlatformRadius + 1 : std::max({-value.r0, value.r1, -value.c0, value.c1});
   return platform_conv_wanted(dtype, radius, kMaxPlatformRadius);
@@ -620,7 +619,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
   const auto cl = grad_out.options().memory_format(at::MemoryFormat::ChannelsLast);
   // The input is read only for the sums; its gradient takes its shape.
   const at::Tensor input = need_sums ? channels_last(input_) : at::empty({0, 0, 0, 0}, cl);
-  at::Tensor gx;
+  at::Tensor gx = need_x ? at::empty(input_.sizes(), cl) : at::Tensor();
   const int64_t C = g.c_out, K = g.synapses;
   at::Tensor sums = need_sums ? at::zeros({C, K, 3}, grad_out.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "acu_blocks_backward_cpu", [&] {
@@ -629,16 +628,6 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
     const Prepared<T>& prep = prepared<T>(positions, g);
     const T* w = weight.const_data_ptr<T>();
     const Merged<T> m = merge(prep, w, g, L, need_x);
-    // The input gradient by the platform's conv, or by the blocks (with the dots).
-    const bool platform_x = need_x && platform_runs(m.value, grad_out.scalar_type()) &&
-                            (platform_conv_forced() || reads_in_place(m.value, g));
-    if (platform_x) {
-      const at::Tensor shape_of_x = need_sums ? input : at::empty(input_.sizes(), cl);
-      gx = platform_conv_input_grad(grad_out, shape_of_x, platform_kernel(m, g, grad_out.options()), g);
-      if (!need_sums) return;
-    } else if (need_x) {
-      gx = at::empty(input_.sizes(), cl);
-    }
     const int64_t n_taps = need_sums ? m.slope.taps() : 0;
     const int64_t per_range = (g.batch + kSampleRanges - 1) / kSampleRanges;
     const int64_t ranges = (g.batch + per_range - 1) / per_range;
@@ -649,7 +638,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
                           m,
                           grad_out.const_data_ptr<T>(),
                           need_sums ? input.const_data_ptr<T>() : nullptr,
-                          need_x && !platform_x ? gx.mutable_data_ptr<T>() : nullptr,
+                          need_x ? gx.mutable_data_ptr<T>() : nullptr,
                           sample_strides(grad_out),
                           sample_strides(x_like),
                           grad_out.stride(0),

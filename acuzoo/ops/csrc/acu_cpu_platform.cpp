@@ -13,9 +13,6 @@ std::atomic<int64_t> mode_override{0};
 
 void set_platform_mode(int64_t mode) { mode_override.store(mode); }
 
-// (a, b) of a kernel (.., .., 2a + 1, 2b + 1): the padding that keeps the ACU's output size.
-std::vector<int64_t> half_widths(const at::Tensor& kernel) { return {kernel.size(2) / 2, kernel.size(3) / 2}; }
-
 }  // namespace
 
 bool platform_conv_wanted(at::ScalarType dtype, int radius, int max_radius) {
@@ -24,20 +21,11 @@ bool platform_conv_wanted(at::ScalarType dtype, int radius, int max_radius) {
   return dtype == at::kFloat && radius <= max_radius;
 }
 
-bool platform_conv_forced() { return mode_override.load() > 0; }
-
 at::Tensor platform_conv(const at::Tensor& input, const at::Tensor& kernel, const std::optional<at::Tensor>& bias,
                          const Geometry& g) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  return at::conv2d(input, kernel, bias, {g.stride_h, g.stride_w}, half_widths(kernel), {1, 1}, g.groups);
-}
-
-at::Tensor platform_conv_input_grad(const at::Tensor& grad_out, const at::Tensor& input_like,
-                                    const at::Tensor& kernel, const Geometry& g) {
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  return std::get<0>(at::convolution_backward(grad_out, input_like, kernel, std::nullopt, {g.stride_h, g.stride_w},
-                                              half_widths(kernel), {1, 1}, false, {0, 0}, g.groups,
-                                              {true, false, false}));
+  return at::conv2d(input, kernel, bias, {g.stride_h, g.stride_w}, {kernel.size(2) / 2, kernel.size(3) / 2}, {1, 1},
+                    g.groups);
 }
 
 }  // namespace acu

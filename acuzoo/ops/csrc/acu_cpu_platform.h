@@ -14,15 +14,11 @@ namespace acu {
 // platform's conv: float32 (the platform's float64 convs are generic loops) and radius at
 // most max_radius, unless the test hook forces it (then any dtype and radius) or forbids it.
 bool platform_conv_wanted(at::ScalarType dtype, int radius, int max_radius);
-// Whether the test hook forces the platform's conv.
-bool platform_conv_forced();
 
 // The layer's forward with kernel (C_out, C_in / groups, 2a + 1, 2b + 1), its centre the
-// origin tap, padding (a, b); and the input gradient. Both run outside autocast: the op's
-// own dtype is its contract, even when called inside an autocast region.
+// origin tap, padding (a, b). It runs outside autocast: the op's own dtype is its contract,
+// even when called inside an autocast region.
 at::Tensor platform_conv(const at::Tensor& input, const at::Tensor& kernel, const std::optional<at::Tensor>& bias,
                          const Geometry& g);
-at::Tensor platform_conv_input_grad(const at::Tensor& grad_out, const at::Tensor& input_like,
-                                    const at::Tensor& kernel, const Geometry& g);
 
 }  // namespace acu
