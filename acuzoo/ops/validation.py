@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -89,6 +91,8 @@ def check_active_conv2d_args(
     # Meta tensors (shape propagation, timm's meta-device model checks) have no values. One
     # sum carries any NaN or infinity (inf - inf is NaN) and costs a fraction of an
     # elementwise isfinite (~70 us on a 960-channel layer); finite positions large enough
-    # to overflow it (~1e34) are refused too, rightly: no kernel could index them.
-    if not positions.is_meta and not torch.isfinite(positions.sum()):
+    # to overflow it (~1e34) are refused too, rightly: no kernel could index them. Detached
+    # and tested as a Python float: torch.isfinite on the 0-d sum ran four small ops and the
+    # sum recorded an autograd node, ~40 us a call together.
+    if not positions.is_meta and not math.isfinite(positions.detach().sum().item()):
         raise ValueError("positions must be finite; got NaN or infinity")
