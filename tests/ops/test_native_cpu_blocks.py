@@ -46,8 +46,7 @@ MODES = {
     "blocks_in_place": (1, 1, -1),
     "blocks_bands": (1, -1, -1),
     "planes": (-1, 0, 0),
-    "platform_in_place": (1, 1, 1),
-    "platform_bands": (1, -1, 1),
+    "platform_forward": (1, 1, 1),  # the backward as blocks_in_place
 }
 # (reads mode, platform conv mode) with the blocks forced
 READS = {"in_place": (1, -1), "bands": (-1, -1), "platform": (1, 1)}
