@@ -34,6 +34,9 @@ _MAX_COLUMN_SEGMENTS = 8
 _NATIVE_TILES_TAPS_PER_SYNAPSE = 1.6
 _NATIVE_COLUMNS_TAPS_PER_SYNAPSE = 4.0
 _NATIVE_TILES_MIN_CHANNELS = 8  # acu_cpu_tiles.cpp: kMinChannelsPerGroup
+# Float32 tiles whose synapses stay within this box (the 3x3 grid) run their forward as the
+# platform's 3x3 conv (acu_cpu_tiles.cpp: kMaxPlatformRadius).
+_NATIVE_TILES_PLATFORM_MAX_BOX = 9
 _DENSE_DEPTHWISE_MAX_BOX = 25
 _NATIVE_DEPTHWISE_MIN_PIXELS = 49
 # The CUDA depthwise kernels keep a channel's table in shared memory (acu_cuda.cu:
@@ -84,7 +87,7 @@ def choose_path(
     dense_cost = c_out * c_per_group * box
     if native:
         tiled = c_per_group >= _NATIVE_TILES_MIN_CHANNELS
-        if tiled and box <= 9 and x.dtype == torch.float32:
+        if tiled and box <= _NATIVE_TILES_PLATFORM_MAX_BOX and x.dtype == torch.float32:
             # Synapses within the 3x3 grid: the tiles' forward is then the platform's 3x3 conv
             # itself (acu_cpu_tiles.cpp) and their backward beats the dense path's (64->64
             # CIFAR layer at init: forward+backward 1.35x the conv against 1.52x).

@@ -74,6 +74,13 @@ def native_grads_on_threads(args, threads: int):
         torch.set_num_threads(before)
 
 
+def calls_platform_conv(fn, *args) -> bool:
+    """Whether ``fn(*args)`` runs PyTorch's own conv (the native kernels' platform forward)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn(*args)
+    return "aten::conv2d" in {e.key for e in prof.key_averages()}
+
+
 def assert_native_equals_reference(args):
     """The native op's output and its four gradients within TOL of the reference's."""
     out, got = grads(native.native_active_conv2d, *args)

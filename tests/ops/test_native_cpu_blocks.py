@@ -19,7 +19,15 @@ import torch
 from acuzoo.ops import active_conv2d, native
 from acuzoo.ops.reference import reference_active_conv2d
 
-from .test_native_cpu import TOL, assert_native_equals_reference, grads, make_args, max_err, native_grads_on_threads
+from .test_native_cpu import (
+    TOL,
+    assert_native_equals_reference,
+    calls_platform_conv,
+    grads,
+    make_args,
+    max_err,
+    native_grads_on_threads,
+)
 
 # (n, c_in, c_out, h, w, groups, sets, stride), all depthwise. Strided layers have no band
 # scheme: there the blocks always read in place, whatever the reads hook says.
@@ -204,12 +212,6 @@ def test_blocks_reuse_taps_only_for_the_same_position_values_and_plane(forced_bl
         assert_native_equals_reference((plane, w, pos, b, stride, groups))
 
 
-def _runs_platform_conv(args) -> bool:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        grads(native.native_active_conv2d, *args)
-    return "aten::conv2d" in {e.key for e in prof.key_averages()}
-
-
 @pytest.mark.parametrize(
     ("dtype", "size", "spread", "expected"),
     [
@@ -227,7 +229,8 @@ def test_platform_conv_runs_float32_forwards_up_to_7x7(ext, dtype, size, spread,
     x, *rest = make_args((2, 16, 16, size, size, 16, 16, 1), spread, dtype=dtype)
     set_mode(1)
     try:
-        assert _runs_platform_conv([x.contiguous(memory_format=torch.channels_last), *rest]) == expected
+        x = x.contiguous(memory_format=torch.channels_last)
+        assert calls_platform_conv(grads, native.native_active_conv2d, x, *rest) == expected
     finally:
         set_mode(0)
 

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -376,7 +377,9 @@ bool reads_in_place(const Box& value, const Geometry& g) {
 // than the blocks' (192x28 +-3 3.51 vs 3.36; an interleaved A/B of the whole backward
 // within +-10 % either way), so the backward stays with the blocks; wider boxes too.
 bool platform_runs(const Box& value, at::ScalarType dtype) {
-  const int radius = value.empty() ? kMaxPlatformRadius + 1 : std::max({-value.r0, value.r1, -value.c0, value.c1});
+  // No tap on the plane: nothing to hand over, unless a test forces it.
+  const int radius = value.empty() ? std::numeric_limits<int>::max()
+                                   : std::max({-value.r0, value.r1, -value.c0, value.c1});
   return platform_conv_wanted(dtype, radius, kMaxPlatformRadius);
 }
 
