@@ -252,3 +252,13 @@ def test_platform_conv_keeps_the_ops_dtype_under_autocast(ext):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = torch.autograd.grad(inside, leaves, g)
     assert all(torch.equal(a, c) for a, c in zip(got, want))
+
+
+def test_planes_split_large_batches_into_stacks(ext):
+    # A stack holds 32768 elements of planes (kStackElements): 64x64 planes go eight samples
+    # to a stack, so a batch of 9 runs a full stack and a partial one for every channel.
+    set_mode(-1)
+    try:
+        assert_native_equals_reference(make_args((9, 2, 2, 64, 64, 2, 2, 1), 1.5))
+    finally:
+        set_mode(0)
