@@ -490,7 +490,10 @@ struct CpuBackend {
           for (int64_t j = 0; j < count; ++j) {
             widen_into(go + ((n0 + j) * C + c) * out_plane, s, st.box, gw.data() + st.slot(j));
           }
-          if (gxp) gxb.assign(st.size + kBlockSlack, T(0));
+          // Gathered, every element of the loop's range is written (and only those are
+          // copied out); scattered, the taps add into zeros.
+          if (gxp && gather) gxb.resize(st.size + kBlockSlack);
+          if (gxp && !gather) gxb.assign(st.size + kBlockSlack, T(0));
           if (gxp && gather) {
             // gx[i] = sum_t c_t g[i - off_t]: the borders keep i - off_t inside the buffer.
             const int64_t n_taps = value_taps(t, w + c * K, K, st.box, s, off, coef);
