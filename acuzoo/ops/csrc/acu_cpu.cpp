@@ -8,7 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "acu_cpu_blocks.h"
@@ -232,6 +231,7 @@ Stack stack_of(const AxisTaps<T>* taps, int64_t K, const PlaneShape& s, int64_t 
 // slots waiting on the FMA latency). Reads may run up to one block past len: buffers
 // carry kBlockSlack zeros at the end.
 constexpr int64_t kBlockVectors = 8;
+static_assert(kBlockVectors % 2 == 0, "dots_of_taps sums the block's vectors in pairs");
 constexpr int64_t kBlockSlack = 128;  // elements: 8 vectors of float (and more of double)
 
 template <typename T>
