@@ -14,6 +14,12 @@ python=${PYTHON:-python3}
 "$python" -c 'import sys; assert sys.version_info >= (3, 10), "acuzoo needs Python >= 3.10"'
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # pip.conf here names local wheel folders; its "Location ... ignored" lines are noise.
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]" 2>&1 \
-  | { grep -v "^WARNING: Location .* is ignored" || true; }
+pip_install() {
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt "$@" 2>&1 \
+    | { grep -v "^WARNING: Location .* is ignored" || true; }
+}
+# The build needs (pyproject.toml) go into .venv first, so the editable install builds against the
+# pinned torch without a second copy in an isolated build environment.
+pip_install "setuptools>=77" torch ninja
+pip_install --no-build-isolation -e ".[dev]"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -22,6 +22,8 @@ def zoo_cfg(**fields: Any) -> dict[str, Any]:
     acuzoo's checkpoint registry; licence; the paper) and the family's own ``fields``."""
     return {
         "url": "",
+        "hf_hub_id": "",  # a hub's field, empty: nothing is ever downloaded
+        "origin_url": "",
         "interpolation": "bilinear",
         "license": "mit",
         "paper_name": "Integrating Multiple Receptive Fields through Grouped Active Convolution",

@@ -1,7 +1,9 @@
 """The bundled native extension: C++ (CPU) and CUDA kernels of the ACU (acuzoo/ops/csrc).
 
-Nothing is compiled at ``import acuzoo``. The extension is built on first use, just in
-time, with ``torch.utils.cpp_extension.load`` and cached under
+Nothing is compiled at ``import acuzoo``. A wheel carries the C++ (CPU) library prebuilt
+(``native_prebuilt``): it is loaded on first use where it matches the running torch, Python,
+sources and CPU. Otherwise the extension is built on first use, just in time (announced in the
+log, with ninja's progress), with ``torch.utils.cpp_extension.load`` and cached under
 ``~/.cache/acuzoo/native/<name>`` (``$ACUZOO_CACHE_DIR`` overrides the root), the name
 keyed by a hash of the sources, the compiler flags, the torch and Python versions: a
 second process, or a second test session, loads the cached library in a second.
@@ -35,6 +37,7 @@ import platform
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -66,6 +69,7 @@ DEFAULT_CUDA_ARCH = "9.0"
 
 _lock = threading.Lock()
 _loaded: str | None = None  # the variant loaded in this process
+_origin: Path | None = None  # the library file it came from
 _failed: dict[str, str] = {}  # variant -> why it could not be built or loaded
 _warned: set[str] = set()
 
@@ -155,6 +159,16 @@ def _cuda_arch() -> str:
     return os.environ.get("ACUZOO_CUDA_ARCH", DEFAULT_CUDA_ARCH)
 
 
+def source_files(variant: str) -> list[Path]:
+    """The kernel sources and headers a ``variant`` is built from."""
+    names = _CPU_SOURCES + _HEADERS + (_CUDA_SOURCES if variant == "cuda" else ())
+    return [CSRC / name for name in names]
+
+
+# Minutes a first compile took on 2 cores, for the announcement.
+_COMPILE_MINUTES = {"cpu": 5, "cuda": 15}
+
+
 def build_name(variant: str) -> str:
     """Library name, unique per sources, flags, arch list, torch and Python version."""
     digest = hashlib.sha256()
@@ -169,7 +183,19 @@ def build_name(variant: str) -> str:
     return f"acuzoo_native_{variant}_{digest.hexdigest()[:16]}"
 
 
-def _compile_and_load(variant: str, verbose: bool) -> None:
+def cpu_flags() -> list[str]:
+    """The C++ compiler flags of the CPU kernels on this machine."""
+    return _cpu_flags()
+
+
+def build_library(variant: str = "cpu", verbose: bool = False) -> Path:
+    """Compile ``variant`` (or reuse the cache) with torch's extension tooling; the library's path.
+
+    The library is also loaded into this process (torch's builder does both)."""
+    return _compile_and_load(variant, verbose)
+
+
+def _compile_and_load(variant: str, verbose: bool) -> Path:
     from torch.utils import cpp_extension
 
     if shutil.which(os.environ.get("CXX", "c++")) is None:
@@ -186,6 +212,17 @@ def _compile_and_load(variant: str, verbose: bool) -> None:
     name = build_name(variant)
     build_dir = cache_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
+    library = build_dir / f"{name}.so"
+    compiling = not library.is_file()
+    if compiling:
+        log.warning(
+            "compiling acuzoo's native kernels (%s) for torch %s, once, about %d min; cached in %s",
+            variant,
+            torch.__version__,
+            _COMPILE_MINUTES[variant],
+            build_dir,
+        )
+    started = time.monotonic()
     saved_arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch()
     try:
@@ -197,7 +234,7 @@ def _compile_and_load(variant: str, verbose: bool) -> None:
             build_directory=str(build_dir),
             with_cuda=variant == "cuda",
             is_python_module=False,
-            verbose=verbose,
+            verbose=verbose or compiling,
             **kwargs,
         )
     finally:
@@ -205,6 +242,24 @@ def _compile_and_load(variant: str, verbose: bool) -> None:
             os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
         else:
             os.environ["TORCH_CUDA_ARCH_LIST"] = saved_arch
+    if compiling:
+        log.warning("acuzoo's native kernels compiled in %.0f s", time.monotonic() - started)
+    return library
+
+
+def _load_prebuilt(variant: str) -> Path | None:
+    """Load the wheel's prebuilt library when it serves ``variant`` here; its path, or None."""
+    from .native_prebuilt import find_prebuilt, sources_digest
+
+    prebuilt = find_prebuilt()
+    if variant != "cpu" or prebuilt is None:
+        return None
+    why_not = prebuilt.mismatch(sources_digest(source_files("cpu")))
+    if why_not is not None:
+        _warn_once("prebuilt", f"acuzoo's prebuilt native library is not used ({why_not}); building it instead")
+        return None
+    torch.ops.load_library(str(prebuilt.library))
+    return prebuilt.library
 
 
 def load(variant: str | None = None, verbose: bool = False) -> str | None:
@@ -213,7 +268,7 @@ def load(variant: str | None = None, verbose: bool = False) -> str | None:
     A process holds one variant: once one is loaded, it is returned whatever is asked.
     Failures are logged once (a warning with the reason) and remembered.
     """
-    global _loaded
+    global _loaded, _origin
     with _lock:
         if _loaded is not None:
             return _loaded
@@ -226,7 +281,7 @@ def load(variant: str | None = None, verbose: bool = False) -> str | None:
         if variant in _failed:
             return None
         try:
-            _compile_and_load(variant, verbose)
+            _origin = _load_prebuilt(variant) or _compile_and_load(variant, verbose)
         except Exception as exc:  # noqa: BLE001 - any build failure means: use the fallback
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             _failed[variant] = reason
@@ -304,28 +359,64 @@ def native_active_conv2d(
     return torch.ops.acuzoo.active_conv2d(input, weight, positions, bias, list(stride), groups)
 
 
+def library_info() -> dict[str, object]:
+    """What is loaded: variant, library file, whether it is the wheel's prebuilt one, torch, and
+    each ``acuzoo`` op with the devices it has kernels for. Loads the library if needed."""
+    from .native_prebuilt import PREBUILT_DIR
+
+    loaded = load()
+    ops = {}
+    if loaded is not None:
+        names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("acuzoo::"))
+        for name in names:
+            keys = ("CPU", "CUDA", "Autograd", "Meta")
+            ops[name] = [k for k in keys if torch._C._dispatch_has_kernel_for_dispatch_key(name, k)]
+    return {
+        "variant": loaded,
+        "library": str(_origin) if _origin else None,
+        "prebuilt": bool(_origin and _origin.parent == PREBUILT_DIR),
+        "torch": torch.__version__,
+        "cache": str(cache_root()),
+        "unavailable": dict(_failed),
+        "ops": ops,
+    }
+
+
+def _print_info() -> int:
+    info = library_info()
+    print(f"variant:  {info['variant'] or 'none (PyTorch paths serve)'}")
+    where = "prebuilt, from the wheel" if info["prebuilt"] else "built just in time"
+    print(f"library:  {info['library'] or '-'}" + (f" ({where})" if info["library"] else ""))
+    print(f"torch:    {info['torch']}")
+    print(f"cache:    {info['cache']}")
+    for variant, why in info["unavailable"].items():
+        print(f"no {variant}: {why}")
+    for name, keys in info["ops"].items():
+        print(f"op {name}: {', '.join(keys)}")
+    return 0 if info["variant"] else 1
+
+
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m acuzoo.ops.native", description=__doc__.split("\n")[0])
     parser.add_argument("--build", action="store_true", help="build (or reuse) the extension and load it")
+    parser.add_argument("--info", action="store_true", help="say which library is loaded, from where, and its ops")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--cuda", action="store_true", help="build the CUDA kernels too (needs nvcc)")
     choice.add_argument("--cpu-only", action="store_true", help="build the C++ kernels only")
     parser.add_argument("--verbose", action="store_true", help="show the compiler's output")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.info:
+        return _print_info()
     if not args.build:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     variant = "cuda" if args.cuda else "cpu" if args.cpu_only else None
     loaded = load(variant, verbose=args.verbose)
     if loaded is None or (variant is not None and loaded != variant):
         print(f"acuzoo native extension: build failed ({_failed})", file=sys.stderr)
         return 1
-    for name in ("active_conv2d", "active_conv2d_backward"):
-        keys = [k for k in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key(f"acuzoo::{name}", k)]
-        print(f"op acuzoo::{name} kernels={','.join(keys)}")
-    print(f"acuzoo native extension: variant={loaded} cache={cache_root() / build_name(loaded)}")
-    return 0
+    return _print_info()
 
 
 if __name__ == "__main__":

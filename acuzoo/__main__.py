@@ -1,0 +1,6 @@
+"""``python -m acuzoo``: the ``acuzoo`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()
