@@ -17,7 +17,8 @@ def parameter_groups(
     model: nn.Module, weight_decay: float, no_weight_decay_norm_bias: bool = False
 ) -> list[dict[str, Any]]:
     """Trainable parameters in named groups: "decay", "no_decay" (BN and bias, when asked) and
-    "positions" (ACU positions, never decayed). Empty groups are left out."""
+    "positions" (ACU positions, never decayed). Every group starts at the optimizer's lr; the
+    positions' share of it is ``PositionLearningRate``'s to set. Empty groups are left out."""
     positions = [p for p in position_parameters(model) if p.requires_grad]
     position_ids = {id(p) for p in positions}
     decay, no_decay = [], []

@@ -4,16 +4,31 @@ exist, keeping every scheduler's per-group state in step (so any LightningModule
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 # Marks a group this module made, so that a second pass leaves it alone.
 POSITIONS_KEY = "acu_positions"
+# In a positions group: the index of the weights' group whose lr it follows.
+FOLLOWS_KEY = "acu_positions_follow"
 # Group keys that hold a learning rate (torch's LRSchedulers, OneCycleLR, timm's schedulers).
 _GROUP_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 # Scheduler attributes that hold one learning rate per group.
 _SCHEDULER_LR_LISTS = ("base_lrs", "_last_lr", "max_lrs", "min_lrs", "base_values")
+# Scheduler attributes that hold one other value per group, copied for a new group (LambdaLR's and
+# MultiplicativeLR's factors, CyclicLR's momentum bounds).
+_SCHEDULER_COPIED_LISTS = ("lr_lambdas", "base_momentums", "max_momentums")
+
+
+@dataclass(frozen=True)
+class PositionGroup:
+    """A param group of ACU positions (``index``) and the weights' group whose lr it follows
+    (``follows``; None when the optimizer holds no other group)."""
+
+    index: int
+    follows: int | None
 
 
 def _children(scheduler: Any) -> list[Any]:
@@ -31,25 +46,30 @@ def _scale_scheduler_entry(scheduler: Any, index: int, mult: float) -> None:
 
 
 def _extend_scheduler(scheduler: Any, index: int, mult: float, old_len: int) -> None:
-    for attr in _SCHEDULER_LR_LISTS:
+    for attr in _SCHEDULER_LR_LISTS + _SCHEDULER_COPIED_LISTS:
         values = getattr(scheduler, attr, None)
         if isinstance(values, list) and len(values) == old_len:
-            values.append(values[index] * mult)
-    lambdas = getattr(scheduler, "lr_lambdas", None)
-    if isinstance(lambdas, list) and len(lambdas) == old_len:
-        lambdas.append(lambdas[index])
+            values.append(values[index] * mult if attr in _SCHEDULER_LR_LISTS else values[index])
     for child in _children(scheduler):
         _extend_scheduler(child, index, mult, old_len)
 
 
-def _scaled(group: dict[str, Any], mult: float) -> dict[str, Any]:
+def _scaled(group: dict[str, Any], mult: float, follows: int | None) -> dict[str, Any]:
     out = {k: v for k, v in group.items() if k != "params"}
     for key in _GROUP_LR_KEYS:
         if key in out and out[key] is not None:
             out[key] = out[key] * mult
     out["weight_decay"] = 0.0
     out[POSITIONS_KEY] = True
+    out[FOLLOWS_KEY] = follows
     return out
+
+
+def _first_group_without(optimizer: torch.optim.Optimizer, ids: set[int]) -> int | None:
+    for index, group in enumerate(optimizer.param_groups):
+        if not group.get(POSITIONS_KEY) and not any(id(p) in ids for p in group["params"]):
+            return index
+    return None
 
 
 def isolate_positions(
@@ -57,37 +77,47 @@ def isolate_positions(
     positions: Iterable[torch.Tensor],
     lr_mult: float,
     schedulers: Iterable[Any] = (),
-) -> int:
-    """Put ``positions`` in groups of their own with lr = ``lr_mult`` x their old group's lr and no
-    weight decay; momentum and other settings are copied. A group made only of positions is
-    rescaled in place; a mixed group is split, the positions moving to a new group at the end.
+) -> list[PositionGroup]:
+    """Put ``positions`` in groups of their own with lr = ``lr_mult`` x the weights' lr and no
+    weight decay; momentum and other settings are copied. A mixed group is split, the positions
+    moving to a new group at the end that follows the group they left. A group made only of
+    positions is rescaled in place and follows the optimizer's first group of other parameters.
 
-    ``schedulers`` (those stepping ``optimizer``) get their per-group base lrs scaled or extended
-    the same way, so the ratio holds at every schedule step. Returns the number of groups made.
-    Call once the optimizer and schedulers exist and before any optimizer state is loaded.
+    ``schedulers`` (those stepping ``optimizer``) get their per-group state (base lrs, lr
+    factors, momentum bounds) scaled or extended the same way, so that they keep stepping every
+    group. Schedulers that are not plain multiples of a base lr (``eta_min``, ReduceLROnPlateau's
+    ``eps``) still move the ratio: ``follow_weights_lr`` restores it. Returns the positions'
+    groups. Call once the optimizer and schedulers exist and before any optimizer state is loaded.
     """
     ids = {id(p) for p in positions}
     schedulers = list(schedulers)
-    made = 0
+    made: list[PositionGroup] = []
+    only_positions: list[int] = []
     for index, group in enumerate(list(optimizer.param_groups)):
         if group.get(POSITIONS_KEY):
+            made.append(PositionGroup(index, group.get(FOLLOWS_KEY)))
             continue
         mine = [p for p in group["params"] if id(p) in ids]
         if not mine:
             continue
         if len(mine) == len(group["params"]):
-            group.update(_scaled(group, lr_mult))
-            for scheduler in schedulers:
-                _scale_scheduler_entry(scheduler, index, lr_mult)
-        else:
-            old_len = len(optimizer.param_groups)
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-            new = _scaled(group, lr_mult)
-            new["name"] = f"{group.get('name', f'group{index}')}/positions"
-            optimizer.add_param_group({**new, "params": mine})
-            for scheduler in schedulers:
-                _extend_scheduler(scheduler, index, lr_mult, old_len)
-        made += 1
+            only_positions.append(index)
+            continue
+        old_len = len(optimizer.param_groups)
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+        new = _scaled(group, lr_mult, index)
+        new["name"] = f"{group.get('name', f'group{index}')}/positions"
+        optimizer.add_param_group({**new, "params": mine})
+        for scheduler in schedulers:
+            _extend_scheduler(scheduler, index, lr_mult, old_len)
+        made.append(PositionGroup(old_len, index))
+    # Once the mixed groups are split, any group not made of positions holds weights.
+    follows = _first_group_without(optimizer, ids)
+    for index in only_positions:
+        optimizer.param_groups[index].update(_scaled(optimizer.param_groups[index], lr_mult, follows))
+        for scheduler in schedulers:
+            _scale_scheduler_entry(scheduler, index, lr_mult)
+        made.append(PositionGroup(index, follows))
     for scheduler in schedulers:
         base = getattr(scheduler, "base_lrs", None)
         if isinstance(base, list) and len(base) != len(optimizer.param_groups):
@@ -97,3 +127,17 @@ def isolate_positions(
                 "configure_optimizers instead"
             )
     return made
+
+
+def follow_weights_lr(optimizer: torch.optim.Optimizer, groups: Iterable[PositionGroup], lr_mult: float) -> None:
+    """Set each positions group's lr to ``lr_mult`` x the current lr of the group it follows."""
+    for position_group in groups:
+        if position_group.follows is None:
+            continue
+        weights = optimizer.param_groups[position_group.follows]
+        target = optimizer.param_groups[position_group.index]
+        value = lr_mult * float(weights["lr"])
+        if isinstance(target["lr"], torch.Tensor):
+            target["lr"].fill_(value)  # a capturable optimizer keeps its lr tensor in place
+        else:
+            target["lr"] = value
