@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -165,3 +166,100 @@ def test_synthetic_data_takes_the_models_input_shape():
     attach_model_input(dm, (1, 20, 20))
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))[0].shape == (2, 1, 20, 20)
+
+
+# --- Bad data fails early and names the culprit (issue 16, point 5) ---
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def break_png(folder: Path) -> Path:
+    path = folder / "1.png"
+    cut_in_half(path)
+    return path
+
+
+def break_jpeg(folder: Path) -> Path:
+    path = folder / "1.jpg"
+    Image.new("RGB", (48, 40), (10, 50, 200)).save(path)
+    cut_in_half(path)
+    return path
+
+
+def not_an_image(folder: Path) -> Path:
+    path = folder / "1.png"
+    path.write_bytes(b"this is not a png")
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage", [break_png, break_jpeg, not_an_image], ids=["truncated-png", "truncated-jpeg", "garbage"]
+)
+def test_image_folder_unreadable_image_is_named(tmp_path, damage):
+    root = tiny_image_folder(tmp_path)
+    bad = damage(root / "train" / "dog")
+    dm = ImageFolderData(root=str(root), batch_size=1, num_workers=0, image_size=16)
+    dm.setup("fit")
+    with pytest.raises(OSError, match=f"cannot read {re.escape(str(bad))}.*corrupt, truncated or not an image"):
+        list(dm.train_dataloader())
+
+
+def test_image_folder_unreadable_image_is_named_from_a_worker(tmp_path):
+    root = tiny_image_folder(tmp_path)
+    bad = break_png(root / "val" / "cat")
+    dm = ImageFolderData(root=str(root), batch_size=8, num_workers=1, image_size=16)
+    dm.setup("fit")
+    with pytest.raises(OSError, match=f"cannot read {re.escape(str(bad))}"):
+        next(iter(dm.val_dataloader()))
+
+
+def test_image_folder_knows_its_class_count_for_test_alone(tmp_path):
+    dm = ImageFolderData(root=str(tiny_image_folder(tmp_path)), num_workers=0, image_size=16)
+    dm.setup("test")
+    assert dm.num_classes == 2
+
+
+def test_fashion_mnist_labels_outside_the_classes_are_refused_naming_the_file(tmp_path):
+    root = tiny_fashion_root(tmp_path)
+    labels = np.arange(12) % 10
+    labels[7] = 10
+    write_idx(root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte", labels, compress=False)
+    with pytest.raises(
+        ValueError, match=r"train-labels-idx1-ubyte: 1 labels outside \[0, 10\), the first 10 at index 7"
+    ):
+        FashionMNISTData(root=str(root), val_size=2).setup("fit")
+
+
+def test_fashion_mnist_truncated_gzip_file_is_named(tmp_path):
+    root = tiny_fashion_root(tmp_path)
+    raw = root / "FashionMNIST" / "raw"
+    (raw / "t10k-images-idx3-ubyte").unlink()
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((12, 28, 28)), compress=True)
+    cut_in_half(raw / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz is a truncated or corrupt gzip file"):
+        FashionMNISTData(root=str(root)).setup("test")
+
+
+def test_fashion_mnist_gz_file_that_is_not_gzip_is_named(tmp_path):
+    root = tiny_fashion_root(tmp_path)
+    raw = root / "FashionMNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte").rename(raw / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz is named \.gz but is not a gzip file"):
+        FashionMNISTData(root=str(root)).setup("test")
+
+
+def test_fashion_mnist_truncated_header_is_named(tmp_path):
+    root = tiny_fashion_root(tmp_path)
+    path = root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:9])
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte is truncated"):
+        FashionMNISTData(root=str(root)).setup("test")
+
+
+def test_cifar_labels_outside_the_classes_are_refused_naming_the_file(tmp_path):
+    root = tiny_cifar_root(tmp_path, n=12)  # labels 0..11 on CIFAR-10
+    with pytest.raises(ValueError, match=r"data_batch_1 has 2 labels outside \[0, 10\), the first 10 at index 10"):
+        CIFARData(root=str(root), num_workers=0).setup("fit")

@@ -61,6 +61,12 @@ def load_split(root: str | Path, num_classes: Literal[10, 100], split: str) -> t
             labels.append(np.asarray(batch[LABEL_KEYS[num_classes]], dtype=np.int64))
         except Exception as err:
             raise ValueError(f"CIFAR-{num_classes}: {path} is malformed ({err}); {layout(root, num_classes)}") from err
+        bad = np.flatnonzero((labels[-1] < 0) | (labels[-1] >= num_classes))
+        if bad.size:
+            raise ValueError(
+                f"CIFAR-{num_classes}: {path} has {bad.size} labels outside [0, {num_classes}), the first "
+                f"{int(labels[-1][bad[0]])} at index {int(bad[0])}; is it CIFAR-{num_classes}?"
+            )
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -39,19 +40,45 @@ CLASSES = (
 )
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed when it is named ``.gz``; a bad archive is named."""
+    data = path.read_bytes()
+    if path.suffix != ".gz":
+        return data
+    if not data.startswith(GZIP_MAGIC):
+        raise ValueError(f"{path} is named .gz but is not a gzip file ({LAYOUT})")
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path} is a truncated or corrupt gzip file: {err} ({LAYOUT})") from err
+
+
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (the MNIST format), gzipped or not, as a numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes ({LAYOUT})")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header is cut short ({LAYOUT})")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} bytes ({LAYOUT})")
     return body.reshape(shape)
+
+
+def check_labels(labels: np.ndarray, path: Path, num_classes: int) -> None:
+    """Every label in ``[0, num_classes)``, else an error naming the file and the first bad one."""
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise ValueError(
+            f"{path}: {bad.size} labels outside [0, {num_classes}), the first {int(labels[bad[0]])} at index "
+            f"{int(bad[0])}; Fashion-MNIST has {num_classes} classes ({LAYOUT})"
+        )
 
 
 def find_files(root: str | Path) -> dict[str, tuple[Path, Path]]:
@@ -80,6 +107,7 @@ def load_split(root: str | Path, split: Literal["train", "test"]) -> tuple[torch
         raise ValueError(
             f"{image_path} / {label_path}: {images.shape} images do not match {labels.shape} labels ({LAYOUT})"
         )
+    check_labels(labels, label_path, len(CLASSES))
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 

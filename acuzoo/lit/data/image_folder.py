@@ -6,6 +6,7 @@ from pathlib import Path
 
 import timm.data
 import torch
+from PIL import Image
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -17,6 +18,25 @@ LAYOUT = (
 )
 # Train images are resized so that a 224 crop comes from 256 (paper 5.1), at any input size.
 RESIZE_RATIO = 256 / 224
+
+
+class UnreadableImageError(OSError):
+    """An image file of the dataset that cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def read_image(path: str) -> Image.Image:
+    """An RGB PIL image, as ``ImageFolder``'s default loader gives, or an error naming the file.
+
+    Checking every file at setup would read the whole dataset before the first step; the file is
+    named where it is read instead (a DataLoader worker re-raises this with its message)."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+        raise UnreadableImageError(
+            f"image folder dataset: cannot read {path} ({type(err).__name__}: {err}); the file is corrupt, "
+            "truncated or not an image: replace or remove it"
+        ) from err
 
 
 def train_transform(size: int, channels: int, mean: tuple, std: tuple, interpolation: str) -> v2.Compose:
@@ -77,7 +97,7 @@ class ImageFolderData(ClassificationData):
 
     def _dataset(self, split: str, transform: torch.nn.Module) -> datasets.ImageFolder:
         try:
-            return datasets.ImageFolder(str(self._folder(split)), transform=transform)
+            return datasets.ImageFolder(str(self._folder(split)), transform=transform, loader=read_image)
         except FileNotFoundError as err:  # ImageFolder's "found no valid file / no class folders"
             raise FileNotFoundError(f"image folder dataset: {self.root}/{split}: {err}; {LAYOUT}") from err
 
@@ -109,3 +129,5 @@ class ImageFolderData(ClassificationData):
             self.num_classes = len(self.train_set.classes)
         test = "test" if (Path(self.root) / "test").is_dir() else "val"
         self.test_set = self._dataset(test, evaluate)
+        if self.num_classes is None:
+            self.num_classes = len(self.test_set.classes)
