@@ -70,6 +70,7 @@ class ImageClassifier(pl.LightningModule):
         schedule_length: int | None = None,
         channels_last: bool = False,
     ) -> None:
+        check_input_size(input_size)
         super().__init__()
         self.save_hyperparameters()
         self.model = build_model(model_name, num_classes, in_chans, pretrained, model_kwargs or {}, convert_to_acu)
@@ -96,10 +97,11 @@ class ImageClassifier(pl.LightningModule):
     @property
     def data_config(self) -> dict[str, Any]:
         """timm's data config of the model (input size, mean, std, interpolation, crop), with this
-        module's channels and input size. Data modules read it to shape their images."""
+        module's channels, input size and class count. Data modules read it to shape their data."""
         config = dict(timm.data.resolve_model_data_config(self.model))
-        size = self.hparams.input_size or config["input_size"][-1]
+        size = self.hparams.input_size if self.hparams.input_size is not None else config["input_size"][-1]
         config["input_size"] = (self.hparams.in_chans, size, size)
+        config["num_classes"] = self.hparams.num_classes
         return config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +135,10 @@ class ImageClassifier(pl.LightningModule):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).softmax(-1)
 
+    def setup(self, stage: str) -> None:
+        # The data module is set up first (Lightning), so its class count is known here.
+        check_data_classes(self.hparams.num_classes, self.trainer.datamodule)
+
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
         groups = parameter_groups(self.model, h.weight_decay, h.no_weight_decay_norm_bias)
@@ -146,6 +152,29 @@ class ImageClassifier(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": h.schedule_interval},
         }
+
+
+def check_input_size(input_size: Any) -> None:
+    """``input_size`` is None (the model's default) or a positive int; 0 is not "the default"."""
+    if input_size is None:
+        return
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(
+            f"input_size must be a positive int (the square input side in pixels) or None for the model's "
+            f"default, got {input_size!r}"
+        )
+
+
+def check_data_classes(num_classes: int, datamodule: Any) -> None:
+    """Refuse data whose class count (a data module's ``num_classes``) differs from the head's:
+    labels beyond the head fail inside the loss, and a head wider than the data is a mistaken config."""
+    data_classes = getattr(datamodule, "num_classes", None)
+    if data_classes is None or data_classes == num_classes:
+        return
+    raise ValueError(
+        f"num_classes={num_classes} does not match the data: {type(datamodule).__name__} has {data_classes} "
+        f"classes; set the model's num_classes to {data_classes} (model.num_classes in a config)"
+    )
 
 
 def build_model(

@@ -4,6 +4,7 @@ groups and schedules, ACU-Fixed starts."""
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from acuzoo.lit import ImageClassifier
@@ -180,3 +181,29 @@ def test_channels_last_keeps_weights_and_batches_channels_last_with_the_same_out
         module.criterion(module(batch[0]), batch[1]).backward()
     for (name, a), b in zip(plain.model.named_parameters(), fast.model.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+# --- Bad model arguments and mismatched data are refused before training (issue 16, point 5) ---
+
+
+@pytest.mark.parametrize("input_size", [0, -32, 2.5, True])
+def test_input_size_must_be_a_positive_int_never_replaced_by_the_default(input_size):
+    with pytest.raises(ValueError, match=rf"input_size must be a positive int.*got {input_size!r}"):
+        ImageClassifier("mobilenetv2_035", input_size=input_size)
+
+
+def test_num_classes_that_does_not_match_the_data_is_refused_at_setup_with_both_numbers(tmp_path):
+    from acuzoo.lit import SyntheticData
+
+    module = ImageClassifier("mobilenetv2_035", num_classes=2, in_chans=1, input_size=32)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    data = SyntheticData(num_samples=4, num_classes=10, batch_size=2)
+    with pytest.raises(ValueError, match=r"num_classes=2 does not match the data: SyntheticData has 10 classes"):
+        trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 0
+
+
+def test_data_config_carries_the_heads_class_count_for_data_modules():
+    assert ImageClassifier("mobilenetv2_035", num_classes=3).data_config["num_classes"] == 3
