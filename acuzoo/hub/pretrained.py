@@ -21,7 +21,7 @@ import torch
 from timm.models import build_model_with_cfg, load_pretrained, resolve_pretrained_cfg
 from torch import nn
 
-from .manifest import MANIFEST_NAME, CheckpointError, find_entry, read_manifest, sha256_file
+from .manifest import MANIFEST_NAME, CheckpointError, find_entry, read_manifest, replacing, sha256_file
 
 __all__ = ["build_zoo_model", "create_pretrained", "load_zoo_pretrained", "read_checkpoint_metadata", "save_checkpoint"]
 
@@ -31,7 +31,8 @@ FORMAT = "acuzoo.checkpoint.v1"
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, architecture: str, **metadata: Any) -> str:
     """Write ``model``'s state dict as safetensors with the metadata the loader checks
-    (architecture, class count, input channels); returns the file's sha256."""
+    (architecture, class count, input channels); returns the file's sha256. The file appears whole
+    or not at all (written beside it, then renamed): a failed write leaves ``path`` as it was."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -42,7 +43,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, architecture: str
         "in_chans": str(getattr(model, "in_chans", "")),
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
     }
-    save_file(state, str(path), metadata=meta)
+    with replacing(path) as temporary:
+        save_file(state, str(temporary), metadata=meta)
     return sha256_file(path)
 
 

@@ -187,3 +187,53 @@ def test_the_manifest_is_plain_json_sorted_by_name(registry):
     write_entry({"name": "a_model.x", "file": "a.safetensors", "sha256": "0" * 64}, folder)
     names = [e["name"] for e in json.loads((folder / "manifest.json").read_text())["checkpoints"]]
     assert names == sorted(names) == ["a_model.x", NAME]
+
+
+# --- writing the registry: checked first, replaced whole -------------------------------------------------------
+
+
+def _half_written_then_disk_full(path: Path, text: str, *args, **kwargs) -> None:
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+    raise OSError(28, "No space left on device", str(path))
+
+
+def test_writing_an_entry_into_a_malformed_manifest_names_the_file_and_changes_nothing(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"checkpoints": [')
+    with pytest.raises(CheckpointError, match=r"manifest\.json: unreadable manifest"):
+        write_entry({"name": NAME, "file": "weights.safetensors", "sha256": "0" * 64}, tmp_path)
+    assert (tmp_path / "manifest.json").read_text() == '{"checkpoints": ['
+
+
+def test_an_entry_cannot_take_the_file_of_another_entry(registry):
+    folder, _ = registry
+    before = (folder / "manifest.json").read_text()
+    with pytest.raises(CheckpointError, match=r"weights\.safetensors is the file of cifar_resnet29_conv3\.cifar10"):
+        write_entry({"name": "other_model.x", "file": "weights.safetensors", "sha256": "0" * 64}, folder)
+    assert (folder / "manifest.json").read_text() == before
+
+
+def test_a_manifest_write_that_fails_midway_leaves_the_old_manifest_whole(registry, monkeypatch):
+    folder, _ = registry
+    before = (folder / "manifest.json").read_text()
+    monkeypatch.setattr(Path, "write_text", _half_written_then_disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_entry({"name": "a_model.x", "file": "a.safetensors", "sha256": "0" * 64}, folder)
+    assert (folder / "manifest.json").read_text() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "weights.safetensors"]
+
+
+def test_a_checkpoint_write_that_fails_midway_leaves_the_old_file_whole(registry, monkeypatch, make_model):
+    folder, _ = registry
+    path = folder / "weights.safetensors"
+    before = path.read_bytes()
+
+    def disk_full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise OSError(28, "No space left on device", filename)
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(make_model(), path, ARCH)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "weights.safetensors"]
