@@ -5,6 +5,10 @@ become ``mobilenetv2_acu_*`` / ``mobilenetv2_conv_*``; timm's ``legacy_xception`
 ``xception_acu`` / ``xception_conv``. The layers correspond one to one, in order (the zoo keeps the
 sources' layouts), so weights are copied layer by layer, each pair checked; a depthwise conv that
 becomes an ACU keeps its 3x3 weights with the positions on the grid, so the outputs are the same.
+
+A source built with another BatchNorm eps (timm's ``bn_eps``) converts too: the zoo's layers keep
+their eps (a weights file cannot carry it), and the difference is added to the running variance,
+which gives the same normalisation in eval mode.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ def _mismatch(src: nn.Module, dst: nn.Module) -> str | None:
                 return refusal
         elif not isinstance(dst, nn.Conv2d):
             return f"{type(dst).__name__} is not a conv"
+        elif type(src).forward is not nn.Conv2d.forward:
+            return (
+                f"{type(src).__name__} overrides forward (e.g. timm's Conv2dSame, from pad_type='same', pads at run "
+                "time, asymmetrically with stride 2); the zoo's convs pad symmetrically"
+            )
         elif dst.padding != src.padding:
             return f"padding {src.padding} vs {dst.padding}"
         same = ("in_channels", "out_channels", "kernel_size", "stride", "groups", "dilation")
@@ -43,14 +52,25 @@ def _mismatch(src: nn.Module, dst: nn.Module) -> str | None:
             diffs.append("bias vs no bias")
         return ", ".join(diffs) or None
     if isinstance(src, nn.BatchNorm2d):  # timm's BatchNormAct2d included: its tensors are BN's
-        if not isinstance(dst, nn.BatchNorm2d) or (dst.num_features, dst.eps) != (src.num_features, src.eps):
+        if not isinstance(dst, nn.BatchNorm2d) or dst.num_features != src.num_features:
             return f"BatchNorm2d({src.num_features}, eps={src.eps}) vs {dst}"
-        return None
+        return _eps_refusal(src, dst)
     if isinstance(src, nn.Linear):
         if not isinstance(dst, nn.Linear) or dst.weight.shape != src.weight.shape:
             return f"{src} vs {dst}"
         return None
     return f"{type(src).__name__} is not a conv, BN or linear layer"
+
+
+def _eps_refusal(src: nn.BatchNorm2d, dst: nn.BatchNorm2d) -> str | None:
+    """Why ``src``'s eps cannot be folded into ``dst``'s running variance, or None."""
+    if src.eps == dst.eps:
+        return None
+    if src.running_var is None or dst.running_var is None:
+        return f"eps {src.eps} vs {dst.eps} without running statistics to fold the difference into"
+    if float((src.running_var + (src.eps - dst.eps)).min()) < 0:
+        return f"eps {src.eps} vs {dst.eps}: the running variance is too small to absorb the difference"
+    return None
 
 
 @torch.no_grad()
@@ -65,6 +85,8 @@ def _copy(src: nn.Module, dst: nn.Module) -> None:
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             if getattr(src, name) is not None and getattr(dst, name) is not None:
                 getattr(dst, name).copy_(getattr(src, name))
+        if src.eps != dst.eps:  # same var + eps under the square root (checked by _eps_refusal)
+            dst.running_var.add_(src.eps - dst.eps)
 
 
 def copy_layer_weights(source: nn.Module, target: nn.Module) -> nn.Module:

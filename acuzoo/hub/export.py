@@ -3,18 +3,26 @@ TorchScript. The exported graph holds only standard ops, so any runtime runs it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import os
 import warnings
-from pathlib import Path
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from ..nn import ActiveConv2d, fuse_acu
+from .manifest import replacing
 
-__all__ = ["export_onnx", "export_torchscript", "fused_copy", "state_bytes"]
+__all__ = ["OPSETS", "export_onnx", "export_torchscript", "fused_copy", "state_bytes"]
+
+# The opsets torch's TorchScript-based ONNX exporter (the one used here) writes.
+OPSETS = tuple(range(
+    getattr(torch.onnx._constants, "ONNX_MIN_OPSET", 7),
+    getattr(torch.onnx._constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20) + 1,
+))
 
 
 def fused_copy(model: nn.Module) -> nn.Module:
@@ -34,11 +42,14 @@ def state_bytes(model: nn.Module) -> int:
 def export_onnx(
     model: nn.Module, path: str | os.PathLike | None, example: torch.Tensor, opset: int = 17
 ) -> bytes:
-    """Fuse and export to ONNX (batch dimension dynamic); writes ``path`` when given and
-    returns the serialized model."""
+    """Fuse and export to ONNX (batch dimension dynamic); writes ``path`` when given (whole, or
+    not at all) and returns the serialized model. A ValueError names an opset outside ``OPSETS``
+    or one too old for an operator of the model."""
+    if opset not in OPSETS:
+        raise ValueError(f"opset {opset}: the ONNX exporter writes opsets {OPSETS[0]} to {OPSETS[-1]}")
     fused = fused_copy(model)
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _opset_errors(opset):
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notices
         torch.onnx.export(
             fused,
@@ -52,15 +63,27 @@ def export_onnx(
         )
     data = buffer.getvalue()
     if path is not None:
-        Path(path).write_bytes(data)
+        with replacing(path) as temporary:
+            temporary.write_bytes(data)
     return data
 
 
+@contextlib.contextmanager
+def _opset_errors(opset: int) -> Iterator[None]:
+    """The exporter's refusal of an operator at this opset, as a ValueError naming the opset."""
+    try:
+        yield
+    except torch.onnx.errors.OnnxExporterError as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"opset {opset}: {first_line}") from None
+
+
 def export_torchscript(model: nn.Module, path: str | os.PathLike | None) -> torch.jit.ScriptModule:
-    """Fuse and compile with ``torch.jit.script``; writes ``path`` when given."""
+    """Fuse and compile with ``torch.jit.script``; writes ``path`` when given (whole, or not at all)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.script(fused_copy(model))
     if path is not None:
-        scripted.save(str(path))
+        with replacing(path) as temporary:
+            scripted.save(str(temporary))
     return scripted

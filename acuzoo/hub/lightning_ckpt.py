@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..nn import convert_to_acu
+from .manifest import check_new_file, write_entry
 from .manifest import checkpoint_dir as registry_dir
-from .manifest import write_entry
 from .pretrained import save_checkpoint
 
 __all__ = ["convert_lightning_checkpoint", "model_from_lightning_checkpoint"]
@@ -70,11 +70,14 @@ def convert_lightning_checkpoint(
     manifest-style entry (also added to ``<out folder>/manifest.json`` when ``manifest``).
 
     The entry's name is ``<model>.<tag>``: ``tag`` or the tag of the checkpoint's model name.
+    Nothing is written when ``out`` would break a manifest beside it (see ``check_new_file``); the
+    file is written whole, then the manifest.
     """
     model, hparams = model_from_lightning_checkpoint(path)
     arch, _, saved_tag = hparams["model_name"].partition(".")
     tag = tag or saved_tag or "custom"
     out = Path(out)
+    check_new_file(registry_dir(out.parent), f"{arch}.{tag}", out.name, update_manifest=manifest)
     input_size = hparams.get("input_size") or timm.data.resolve_model_data_config(model)["input_size"][-1]
     sha = save_checkpoint(
         model, out, arch, source=Path(path).name, input_size=input_size,

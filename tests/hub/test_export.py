@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from acuzoo import cli
 from acuzoo.hub.commands import export_main
 from acuzoo.hub.export import export_onnx, export_torchscript, fused_copy
 from acuzoo.hub.pretrained import create_pretrained
@@ -65,3 +66,46 @@ def test_export_command_writes_onnx_and_torchscript_and_reports_the_check(tmp_pa
     assert report["onnx"]["max_abs_diff_vs_pytorch"] < 1e-4
     assert report["torchscript"]["max_abs_diff_vs_pytorch"] < 1e-4
     assert json.loads(capsys.readouterr().out)["model"] == "mobilenetv2_acu_100.fmnist"
+
+
+# --- the command's options are checked first, and a failed export leaves no file ----------------------------------
+
+SMALL_CHECKPOINT = "cifar_resnet29_acu.fmnist"
+
+
+def _cli_error(argv: list[str], capsys) -> tuple[int, str]:
+    """(exit status, stderr) of ``acuzoo ...`` ending in an error."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_export_refuses_an_opset_the_exporter_cannot_write_before_writing(tmp_path, capsys):
+    code, err = _cli_error(["export", SMALL_CHECKPOINT, "--opset", "99", "--onnx", str(tmp_path / "m.onnx")], capsys)
+    assert code == 2 and "--opset 99" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_export_refuses_an_input_size_below_one(tmp_path, capsys, size):
+    code, err = _cli_error(["export", SMALL_CHECKPOINT, "--input-size", size, "--onnx", str(tmp_path / "m.onnx")],
+                           capsys)
+    assert code == 2 and f"--input-size must be in [1, 4096], got {size}" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_any_file_is_written(tmp_path, capsys):
+    code, err = _cli_error(["export", SMALL_CHECKPOINT, "--onnx", str(tmp_path / "m.onnx"),
+                            "--torchscript", str(tmp_path / "missing" / "m.pt")], capsys)
+    assert code == 2 and "--torchscript" in err and "missing does not exist" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_export_that_fails_after_the_onnx_export_leaves_no_file(tmp_path, monkeypatch):
+    def failing_torchscript(model, path):
+        raise RuntimeError("torch.jit.script failed")
+
+    monkeypatch.setattr("acuzoo.hub.export.export_torchscript", failing_torchscript)
+    with pytest.raises(RuntimeError, match="torch.jit.script failed"):
+        export_main([SMALL_CHECKPOINT, "--onnx", str(tmp_path / "m.onnx"), "--torchscript", str(tmp_path / "m.pt")])
+    assert list(tmp_path.iterdir()) == []
