@@ -4,6 +4,7 @@ own handler and never builds a Trainer."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,9 +12,11 @@ from typing import Any
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from .hub.commands import COMMANDS as HUB_COMMANDS
+from .hub.commands import DEBUG_FLAG, USER_ERRORS, user_errors_reported
 from .lit import ClassificationData, ImageClassifier
 
 Handler = Callable[[list[str]], Any]
@@ -107,13 +110,34 @@ class AcuzooCLI(LightningCLI):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``acuzoo <subcommand> ...``: a registered handler, else LightningCLI (fit/validate/test/predict)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in SUBCOMMANDS:
-        SUBCOMMANDS[args[0]](args[1:])
+    """``acuzoo <subcommand> ...``: a registered handler, else LightningCLI (fit/validate/test/predict).
+
+    A user error (a missing file, a bad value) ends with one ``acuzoo <subcommand>: error: ...``
+    line on stderr and exit status 2; ``--debug`` anywhere shows the traceback instead."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in given
+    args = [a for a in given if a != DEBUG_FLAG]
+    name = args[0] if args and not args[0].startswith("-") else None
+    known = [*LightningCLI.subcommands(), *SUBCOMMANDS]
+    if name is not None and name not in known:
+        print(f"acuzoo: error: unknown subcommand '{name}' (choose from {', '.join(known)})", file=sys.stderr)
+        raise SystemExit(2)
+    prog = f"acuzoo {name}" if name else "acuzoo"
+    if name in SUBCOMMANDS:
+        with user_errors_reported(prog, debug):
+            SUBCOMMANDS[name](args[1:])
         return
-    # argv None: LightningCLI reads sys.argv itself, which DDP's launcher replays in each process.
-    AcuzooCLI(args=None if argv is None else args)
+    if argv is None and debug:
+        sys.argv[1:] = args  # what LightningCLI (and DDP's launcher, replaying sys.argv) reads
+    # The subcommands' usage lists every option (a hundred lines): errors print without it.
+    parser_kwargs: dict[str, Any] = {sub: {"usage": argparse.SUPPRESS} for sub in LightningCLI.subcommands()}
+    parser_kwargs["epilog"] = (
+        f"more subcommands: {', '.join(SUBCOMMANDS)} (acuzoo <subcommand> --help). "
+        f"{DEBUG_FLAG}: show the traceback of an error instead of one line."
+    )
+    with user_errors_reported(prog, debug, (*USER_ERRORS, MisconfigurationException)):
+        # argv None: LightningCLI reads sys.argv itself, which DDP's launcher replays in each process.
+        AcuzooCLI(args=None if argv is None else args, parser_kwargs=parser_kwargs)
 
 
 if __name__ == "__main__":

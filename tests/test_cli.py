@@ -79,3 +79,46 @@ def test_fit_resumes_from_ckpt_path_at_the_step_it_stopped(tmp_path):
     cli.main(["fit", *tiny_run(tmp_path, "--trainer.max_epochs=2", f"--ckpt_path={last}")])
     resumed = tmp_path / "tiny" / "version_1" / "checkpoints" / "last.ckpt"
     assert torch.load(resumed, weights_only=True)["global_step"] == 4
+
+
+# --- user errors: one line naming the file and the problem, exit status 2, --debug for the traceback -------------
+
+
+def _error_lines(argv: list[str], capsys) -> list[str]:
+    """stderr of ``acuzoo ...``, which must end with exit status 2."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_missing_config_file_is_named_in_two_lines(tmp_path, capsys):
+    lines = _error_lines(["fit", "--config", str(tmp_path / "missing.yaml")], capsys)
+    assert len(lines) <= 2
+    assert "missing.yaml" in lines[-1] and "does not exist" in lines[-1]
+
+
+def test_an_error_raised_while_fit_builds_the_model_is_one_line_without_traceback(tmp_path, capsys):
+    lines = _error_lines(["fit", *tiny_run(tmp_path), "--model.model_name=no_such_model"], capsys)
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("acuzoo fit: error:") and "no_such_model" in errors[0]
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_a_missing_file_in_convert_is_one_line_naming_it(tmp_path, capsys):
+    ckpt = tmp_path / "missing.ckpt"
+    lines = _error_lines(["convert", "--from-ckpt", str(ckpt), "--out", str(tmp_path / "m.safetensors")], capsys)
+    assert lines[0].startswith("acuzoo convert: error:") and str(ckpt) in lines[0]
+    assert len(lines) <= 2
+
+
+def test_debug_shows_the_error_with_its_traceback(tmp_path):
+    ckpt = tmp_path / "missing.ckpt"
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        cli.main(["convert", "--from-ckpt", str(ckpt), "--out", str(tmp_path / "m.safetensors"), "--debug"])
+
+
+def test_an_unknown_subcommand_lists_every_subcommand(capsys):
+    lines = _error_lines(["no-such-command"], capsys)
+    assert len(lines) == 1 and "'no-such-command'" in lines[0]
+    assert all(name in lines[0] for name in ("fit", "validate", "test", "predict", "convert", "export"))
