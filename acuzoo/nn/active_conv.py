@@ -1,6 +1,5 @@
 """``ActiveConv2d``: a convolution whose synapses have learnable real-valued positions."""
 
-
 import math
 
 import torch
@@ -10,6 +9,10 @@ from ..ops import active_conv2d, extrapolated_kernel
 from ..ops.geometry import kernel_radius
 from ..ops.validation import pair
 
+# The largest kernel side ``to_conv2d`` / ``fuse_acu`` build by default: the dense kernel grows with
+# the square of the farthest synapse's reach, and beyond this a conv is no deployment format.
+MAX_FUSED_KERNEL_SIZE = 63
+
 
 def grid_positions(kernel_size: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
     """The (K, 2) row-major (row, column) offsets of a k x k conv, centred on the origin."""
@@ -18,6 +21,13 @@ def grid_positions(kernel_size: tuple[int, int], dilation: tuple[int, int]) -> t
     cols = (torch.arange(kw) - kw // 2) * dilation[1]
     grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), -1)
     return grid.reshape(-1, 2).float()
+
+
+def _movable_grid(kernel_size: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """The grid without its centre, the origin synapse that is not a parameter."""
+    grid = grid_positions(kernel_size, dilation)
+    centre = grid.shape[0] // 2
+    return torch.cat([grid[:centre], grid[centre + 1 :]])
 
 
 def insert_origin(movable: torch.Tensor, origin_index: int) -> torch.Tensor:
@@ -34,7 +44,10 @@ def conv2d_refusal(conv: nn.Conv2d) -> str | None:
     if conv.padding_mode != "zeros":
         return f"padding_mode '{conv.padding_mode}' is not zero padding"
     if type(conv) is not nn.Conv2d and type(conv).forward is not nn.Conv2d.forward:
-        return f"{type(conv).__name__} overrides forward (e.g. dynamic 'same' padding)"
+        return (
+            f"{type(conv).__name__} overrides forward (e.g. timm's Conv2dSame pads at run time, asymmetrically "
+            "with stride 2), which an ACU's centred grid cannot represent"
+        )
     same = (conv.dilation[0] * (kh // 2), conv.dilation[1] * (kw // 2))
     padding = conv.padding
     if padding == "same" and conv.stride == (1, 1):
@@ -75,15 +88,21 @@ class ActiveConv2d(nn.Module):
         kernel_size = pair(kernel_size, "kernel_size")
         if kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
             raise ValueError(f"kernel_size must be odd (the grid needs a centre), got {kernel_size}")
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value < 1:
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            # A bool is an int to Python; nn.Conv2d takes groups=True and then fails in forward.
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
+        if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})"
             )
         position_groups = groups if position_groups is None else position_groups
-        if not isinstance(position_groups, int) or position_groups < 1 or out_channels % position_groups:
+        if (
+            not isinstance(position_groups, int)
+            or isinstance(position_groups, bool)
+            or position_groups < 1
+            or out_channels % position_groups
+        ):
             raise ValueError(
                 f"position_groups ({position_groups}) must be an int >= 1 dividing out_channels ({out_channels})"
             )
@@ -98,12 +117,9 @@ class ActiveConv2d(nn.Module):
         k = kernel_size[0] * kernel_size[1]
         self.num_synapses = k
         self.origin_index = k // 2
-        grid = grid_positions(kernel_size, self.dilation)
-        movable = torch.cat([grid[: self.origin_index], grid[self.origin_index + 1 :]])
+        movable = _movable_grid(kernel_size, self.dilation)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, k, **factory))
-        self.positions = nn.Parameter(
-            movable.to(**factory).expand(position_groups, k - 1, 2).clone()
-        )
+        self.positions = nn.Parameter(movable.to(**factory).expand(position_groups, k - 1, 2).clone())
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.reset_parameters()
 
@@ -115,12 +131,16 @@ class ActiveConv2d(nn.Module):
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def initial_positions(self) -> torch.Tensor:
+        """The (P, K - 1, 2) movable positions of the initial (dilated) grid, where this layer
+        equals a conv of its kernel_size (Lemma 1)."""
+        movable = _movable_grid(self.kernel_size, self.dilation)
+        return movable.to(self.positions).expand_as(self.positions)
+
     def reset_positions(self) -> None:
         """Back to the initial (dilated) grid."""
-        grid = grid_positions(self.kernel_size, self.dilation)
-        movable = torch.cat([grid[: self.origin_index], grid[self.origin_index + 1 :]])
         with torch.no_grad():
-            self.positions.copy_(movable.expand_as(self.positions))
+            self.positions.copy_(self.initial_positions())
 
     def full_positions(self) -> torch.Tensor:
         """(P, K, 2) positions with the fixed origin synapse inserted at its index."""
@@ -135,6 +155,9 @@ class ActiveConv2d(nn.Module):
     def _active_conv(self, input: torch.Tensor) -> torch.Tensor:
         positions = insert_origin(self.positions, self.origin_index)
         return active_conv2d(input, self.weight, positions, self.bias, self.stride, self.groups)
+
+    def _name(self) -> str:
+        return f"ActiveConv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size})"
 
     def spread(self) -> float:
         """Largest |displacement| of any synapse, in pixels."""
@@ -181,11 +204,21 @@ class ActiveConv2d(nn.Module):
         return acu
 
     @torch.no_grad()
-    def to_conv2d(self) -> nn.Conv2d:
+    def to_conv2d(self, max_kernel_size: int = MAX_FUSED_KERNEL_SIZE) -> nn.Conv2d:
         """The ordinary conv equal to this ACU (Theorem 2), with the smallest odd kernel that
-        holds every synapse."""
+        holds every synapse. Refuses non-finite positions, and a kernel side beyond
+        ``max_kernel_size`` (default ``MAX_FUSED_KERNEL_SIZE``) that a far synapse would need."""
         positions = self.full_positions()
+        if not torch.isfinite(positions).all():
+            raise ValueError(f"{self._name()} has non-finite (NaN or inf) positions; no conv kernel holds them")
         radius = (kernel_radius(positions[..., 0])[0], kernel_radius(positions[..., 1])[0])
+        side = (2 * radius[0] + 1, 2 * radius[1] + 1)
+        if max(side) > max_kernel_size:
+            raise ValueError(
+                f"{self._name()} would fuse to a {side[0]} x {side[1]} kernel (a synapse {self.spread():.4g} px "
+                f"away), beyond max_kernel_size={max_kernel_size} (acuzoo.nn.MAX_FUSED_KERNEL_SIZE by default); "
+                "pass a larger max_kernel_size to fuse it anyway"
+            )
         kernel = extrapolated_kernel(self.weight, positions, radius).to(self.weight.dtype)
         conv = nn.Conv2d(
             self.in_channels,

@@ -54,6 +54,9 @@ def test_extra_repr_shows_synapses_sets_and_spread():
         ({"groups": 3}, r"groups \(3\) must divide"),
         ({"position_groups": 5}, r"position_groups \(5\) must be an int >= 1 dividing out_channels"),
         ({"stride": 0}, "stride must be an int >= 1"),
+        # A bool is an int to Python; nn.Conv2d accepts groups=True and fails only in forward.
+        ({"groups": True}, "groups must be an int >= 1, got True"),
+        ({"position_groups": True}, r"position_groups \(True\) must be an int >= 1"),
     ],
 )
 def test_bad_constructor_arguments_are_named(kwargs, message):
@@ -110,6 +113,22 @@ class TestConversions:
     def test_convs_that_are_not_acus_are_refused_with_the_reason(self, conv, reason):
         with pytest.raises(ValueError, match=reason):
             ActiveConv2d.from_conv2d(conv)
+
+    @pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+    def test_to_conv2d_refuses_non_finite_positions_naming_the_layer(self, value):
+        acu = ActiveConv2d(2, 3, 3)
+        with torch.no_grad():
+            acu.positions[0, 2, 1] = value
+        with pytest.raises(ValueError, match=r"ActiveConv2d\(2, 3, kernel_size=\(3, 3\)\) has non-finite"):
+            acu.to_conv2d()
+
+    def test_to_conv2d_refuses_a_kernel_beyond_its_limit_before_building_it(self):
+        acu = ActiveConv2d(2, 2, 3)
+        with torch.no_grad():
+            acu.positions[0, 0, 0] = 32.0
+        with pytest.raises(ValueError, match=r"65 x 3 kernel .*beyond max_kernel_size=63"):
+            acu.to_conv2d()
+        assert acu.to_conv2d(max_kernel_size=65).kernel_size == (65, 3)
 
     def test_dynamic_same_padding_convs_are_refused(self):
         from timm.layers import Conv2dSame
