@@ -12,6 +12,7 @@ from .nn import (
     fuse_acu,
     is_depthwise_conv,
     normalize_position_grad_,
+    plan_acu_conversion,
     position_parameters,
 )
 from .ops import active_conv2d
@@ -26,6 +27,7 @@ __all__ = [
     "is_depthwise_conv",
     "list_models",
     "normalize_position_grad_",
+    "plan_acu_conversion",
     "position_parameters",
     "resolve_model_name",
 ]

@@ -1,13 +1,23 @@
 """convert_to_acu and fuse_acu on whole models, and the normalized position gradient."""
 
 import io
+import logging
 
 import pytest
 import timm
 import torch
+from timm.layers import Conv2dSame
 from torch import nn
 
-from acuzoo.nn import ActiveConv2d, convert_to_acu, fuse_acu, is_depthwise_conv, normalize_position_grad_
+from acuzoo.nn import (
+    MAX_FUSED_KERNEL_SIZE,
+    ActiveConv2d,
+    convert_to_acu,
+    fuse_acu,
+    is_depthwise_conv,
+    normalize_position_grad_,
+    plan_acu_conversion,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +42,38 @@ def test_convert_to_acu_keeps_a_timm_models_output_and_adds_eq7_parameters(mobil
     assert (after - before).abs().max() < 1e-5
 
 
-def test_convert_to_acu_refuses_a_matching_conv_it_cannot_represent():
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=0))
-    with pytest.raises(ValueError, match=r"module '0': .*not 'same' padding"):
-        convert_to_acu(model, predicate=lambda conv: True)
+def test_convert_to_acu_strict_refuses_a_matching_conv_it_cannot_represent_and_changes_nothing():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=0))
+    with pytest.raises(ValueError, match=r"strict=True.*'1': padding \(0, 0\) is not 'same' padding"):
+        convert_to_acu(model, predicate=lambda conv: True, strict=True)
+    assert type(model[0]) is nn.Conv2d
+
+
+def _with_a_conv2d_same() -> nn.Sequential:
+    """A depthwise Conv2dSame of stride 2 (asymmetric padding at run time) beside a plain depthwise conv."""
+    return nn.Sequential(Conv2dSame(4, 4, 3, stride=2, groups=4), nn.Conv2d(4, 4, 3, padding=1, groups=4))
+
+
+def test_convert_to_acu_leaves_depthwise_convs_an_acu_cannot_represent_and_says_why(caplog):
+    model = _with_a_conv2d_same()
+    with caplog.at_level(logging.INFO, logger="acuzoo.nn.surgery"):
+        convert_to_acu(model)
+    assert type(model[0]) is Conv2dSame and isinstance(model[1], ActiveConv2d)
+    assert "1 conv(s) converted to ACUs, 1 left as convs: '0': Conv2dSame overrides forward" in caplog.text
+    assert caplog.records[-1].levelno == logging.WARNING
+
+
+def test_the_conversion_plan_names_the_converted_and_the_left_convs_with_the_reason():
+    model = _with_a_conv2d_same()
+    plan = plan_acu_conversion(model)
+    assert plan.converted == ["1"]
+    assert list(plan.left) == ["0"] and "Conv2dSame" in plan.left["0"]
+    assert type(model[1]) is nn.Conv2d  # planning changes nothing
+
+
+def test_convert_to_acu_strict_refuses_to_leave_a_conv2d_same():
+    with pytest.raises(ValueError, match=r"'0': Conv2dSame overrides forward .* cannot represent"):
+        convert_to_acu(_with_a_conv2d_same(), strict=True)
 
 
 def test_a_custom_predicate_picks_which_convs_convert():
@@ -70,6 +108,7 @@ def test_fuse_acu_replaces_every_acu_with_an_equal_conv():
 
 def test_fused_models_export_to_torchscript_and_onnx():
     import onnxruntime as ort
+
     fused = fuse_acu(_trained_like_acu_model())
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
@@ -81,6 +120,32 @@ def test_fused_models_export_to_torchscript_and_onnx():
     session = ort.InferenceSession(buffer.getvalue())
     (got,) = session.run(None, {"x": x.numpy()})
     assert abs(got - expected.numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_fuse_acu_refuses_non_finite_positions_naming_the_module_and_replaces_nothing(value):
+    model = _trained_like_acu_model()
+    with torch.no_grad():
+        model[2].positions[3, 1, 0] = value
+    with pytest.raises(ValueError, match=r"fuse_acu: module '2': ActiveConv2d\(8, 8.*non-finite"):
+        fuse_acu(model)
+    assert isinstance(model[0], ActiveConv2d)
+
+
+def test_fuse_acu_refuses_a_kernel_beyond_the_stated_size_naming_the_module():
+    model = _trained_like_acu_model()
+    with torch.no_grad():
+        model[0].positions[0, 0, 1] = 1e6
+    limit = f"max_kernel_size={MAX_FUSED_KERNEL_SIZE}"
+    with pytest.raises(ValueError, match=rf"module '0': .*2000001 kernel .*beyond {limit}"):
+        fuse_acu(model)
+
+
+def test_fuse_acu_takes_a_larger_kernel_when_asked():
+    model = _trained_like_acu_model()
+    with torch.no_grad():
+        model[0].positions[0, 0, 1] = 40.0
+    assert fuse_acu(model, max_kernel_size=81)[0].kernel_size == (5, 81)
 
 
 def test_fuse_acu_of_a_bare_layer_returns_the_conv():
