@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..models import list_models
 from ..nn import convert_to_acu, position_parameters
 from .optim import Schedule, build_schedule, parameter_groups
-from .weights import load_matching_weights, load_positions
+from .weights import classifier_names, load_matching_weights, load_positions
 
 Stage = Literal["train", "val", "test"]
 STAGES = ("train", "val", "test")
@@ -30,7 +30,12 @@ class ImageClassifier(pl.LightningModule):
         pretrained: timm pretrained weights (needs them cached or online).
         model_kwargs: further ``timm.create_model`` keyword arguments (e.g. ``drop_rate``).
         convert_to_acu: turn the model's depthwise convs into depthwise ACUs (for timm's own models).
-        init_weights_from: checkpoint whose tensors of matching name and shape start the model.
+        init_weights_from: checkpoint whose tensors start the model, matched by name and shape; a
+            conv kernel starts the ACU at its grid (Lemma 1), so a conv twin's file gives its outputs.
+        init_weights_strict: refuse a start from ``init_weights_from`` that would leave any tensor of
+            the model or of the file unloaded (the error lists them). The classifier is the exception:
+            one of another class count (or none in the file) stays new, as fine-tuning wants.
+            ``False`` loads whatever matches and logs the rest.
         init_positions_from: checkpoint whose ACU positions start the model, weights left freshly
             initialised (ACU-Fixed, paper 3.2.2, with ``freeze_positions``).
         freeze_positions: positions never train (not given to the optimizer).
@@ -55,6 +60,7 @@ class ImageClassifier(pl.LightningModule):
         model_kwargs: dict[str, Any] | None = None,
         convert_to_acu: bool = False,
         init_weights_from: str | None = None,
+        init_weights_strict: bool = True,
         init_positions_from: str | None = None,
         freeze_positions: bool = False,
         label_smoothing: float = 0.0,
@@ -75,7 +81,9 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_model(model_name, num_classes, in_chans, pretrained, model_kwargs or {}, convert_to_acu)
         if init_weights_from:
-            load_matching_weights(self.model, init_weights_from)
+            load_matching_weights(
+                self.model, init_weights_from, strict=init_weights_strict, head=classifier_names(self.model)
+            )
         if init_positions_from:
             load_positions(self.model, init_positions_from)
         if freeze_positions:
