@@ -203,15 +203,16 @@ def _source_model(args: argparse.Namespace) -> Any:
 
 
 def check_output_file(option: str, path: str | Path, suffixes: tuple[str, ...] = ()) -> Path:
-    """``path`` as a file this command may write: in an existing folder, not a folder itself, with
-    one of ``suffixes`` when given."""
+    """``path`` as a file this command may write (its folder is made when written): not a folder,
+    under no existing file, with one of ``suffixes`` when given."""
     path = Path(path).expanduser()
     if suffixes and path.suffix not in suffixes:
         raise ValueError(f"{option} {path}: expected a {' or '.join(suffixes)} file name")
     if path.is_dir():
         raise ValueError(f"{option} {path}: is a folder, expected a file name")
-    if not path.parent.is_dir():
-        raise ValueError(f"{option} {path}: the folder {path.parent} does not exist")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{option} {path}: {existing} is a file, not a folder")
     return path
 
 
@@ -234,7 +235,7 @@ def _convert_parser() -> argparse.ArgumentParser:
     weights.add_argument("--weights", help="the source model's weights: .safetensors, .pth, .pt or .bin (see below)")
     weights.add_argument("--random-init", action="store_true", help="convert a randomly initialised source")
     parser.add_argument("--conv", action="store_true", help="the conv twin (depthwise convs) instead of ACUs")
-    parser.add_argument("--out", required=True, help="output .safetensors file (its folder must exist)")
+    parser.add_argument("--out", required=True, help="output .safetensors file (its folder is made if needed)")
     parser.add_argument("--tag", help="pretrained tag of the entry (default: the checkpoint's, else 'custom')")
     parser.add_argument(
         "--manifest", action="store_true",
@@ -265,6 +266,7 @@ def _convert_source(args: argparse.Namespace, out: Path) -> tuple[dict[str, Any]
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or f"MobileNetV2(width={model.width})"
     name = f"{arch}.{args.tag or 'custom'}"
     check_new_file(out.parent, name, out.name, update_manifest=args.manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
     sha = save_checkpoint(model, out, arch, source=args.from_timm or args.from_torchvision)
     entry = {
         "name": name, "file": out.name, "sha256": sha, "bytes": out.stat().st_size,
@@ -329,11 +331,13 @@ def _write_exports(onnx: tuple[str, bytes] | None, torchscript: tuple[str, Any] 
     """Write the exported files together: each beside its target, renamed into place only when all are written."""
     from .manifest import replacing
 
+    for path, _ in filter(None, (onnx, torchscript)):
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         if onnx:
-            stack.enter_context(replacing(onnx[0])).write_bytes(onnx[1])
+            stack.enter_context(replacing(Path(onnx[0]).expanduser())).write_bytes(onnx[1])
         if torchscript:
-            torchscript[1].save(str(stack.enter_context(replacing(torchscript[0]))))
+            torchscript[1].save(str(stack.enter_context(replacing(Path(torchscript[0]).expanduser()))))
 
 
 def export_main(argv: Sequence[str]) -> dict[str, Any]:

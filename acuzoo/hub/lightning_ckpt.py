@@ -78,6 +78,7 @@ def convert_lightning_checkpoint(
     tag = tag or saved_tag or "custom"
     out = Path(out)
     check_new_file(registry_dir(out.parent), f"{arch}.{tag}", out.name, update_manifest=manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
     input_size = hparams.get("input_size") or timm.data.resolve_model_data_config(model)["input_size"][-1]
     sha = save_checkpoint(
         model, out, arch, source=Path(path).name, input_size=input_size,

@@ -161,6 +161,13 @@ def test_convert_help_lists_the_accepted_file_formats(capsys):
         assert fmt in help_text
 
 
+def test_the_out_folder_is_made_and_gets_the_manifest(tmp_path):
+    out = tmp_path / "mine" / "acu.safetensors"
+    entry = convert_main(["--from-timm", SMALL, "--random-init", "--out", str(out), "--tag", "mine", "--manifest"])
+    manifest = json.loads((tmp_path / "mine" / "manifest.json").read_text())
+    assert manifest["checkpoints"] == [entry] and out.is_file()
+
+
 def test_a_malformed_target_manifest_is_named_before_anything_is_written(tmp_path, capsys):
     (tmp_path / "manifest.json").write_text('{"format": 1, "checkpoints": [')
     out = tmp_path / "acu.safetensors"

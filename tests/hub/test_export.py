@@ -94,11 +94,12 @@ def test_export_refuses_an_input_size_below_one(tmp_path, capsys, size):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_output_in_a_missing_folder_is_refused_before_any_file_is_written(tmp_path, capsys):
+def test_an_output_under_a_file_is_refused_before_any_file_is_written(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     code, err = _cli_error(["export", SMALL_CHECKPOINT, "--onnx", str(tmp_path / "m.onnx"),
-                            "--torchscript", str(tmp_path / "missing" / "m.pt")], capsys)
-    assert code == 2 and "--torchscript" in err and "missing does not exist" in err
-    assert list(tmp_path.iterdir()) == []
+                            "--torchscript", str(tmp_path / "notes.txt" / "m.pt")], capsys)
+    assert code == 2 and "--torchscript" in err and "notes.txt is a file, not a folder" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_an_export_that_fails_after_the_onnx_export_leaves_no_file(tmp_path, monkeypatch):
