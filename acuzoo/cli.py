@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
@@ -17,7 +17,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from .hub.commands import COMMANDS as HUB_COMMANDS
 from .hub.commands import DEBUG_FLAG, USER_ERRORS, user_errors_reported
-from .lit import ClassificationData, ImageClassifier
+from .lit import ClassificationData, ImageClassifier, LastStateCheckpoint, RandomState
 
 Handler = Callable[[list[str]], Any]
 # Subcommands that are not a Trainer run: name -> handler(argv after the name).
@@ -57,7 +57,9 @@ def default_loggers(save_dir: str, name: str) -> list[Logger]:
 class AcuzooCLI(LightningCLI):
     """LightningCLI with ``ImageClassifier`` and any ``ClassificationData``, and the defaults a user
     expects: seed 0, a Rich progress bar, CSV (+ TensorBoard) logs under ``lightning_logs/<run_name>/``,
-    last and best (``val/acc1``) checkpoints, and ``test_after_fit`` to test right after fit."""
+    best (``val/acc1``) checkpoints and a ``last.ckpt`` that always holds the latest step, the random
+    generators' states in every checkpoint (``--ckpt_path .../last.ckpt`` resumes exactly), and
+    ``test_after_fit`` to test right after fit."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("seed_everything_default", 0)
@@ -75,7 +77,7 @@ class AcuzooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_name", type=str | None, default=None, help="log folder name (default: model)")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="fit, then test the best checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastStateCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc1",
@@ -93,8 +95,11 @@ class AcuzooCLI(LightningCLI):
         config = self._subcommand_config()
         trainer = config.get("trainer", {})
         callbacks = list(trainer.get("callbacks") or [])
+        if not any(isinstance(c, RandomState) for c in callbacks):
+            callbacks.append(RandomState())
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = [*callbacks, RichProgressBar()]
+            callbacks.append(RichProgressBar())
+        kwargs["callbacks"] = callbacks
         if trainer.get("logger") in (None, True):
             name = config.get("run_name") or self.model.hparams.get("model_name", "run")
             kwargs["logger"] = default_loggers(trainer.get("default_root_dir") or "lightning_logs", name)

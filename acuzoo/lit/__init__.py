@@ -3,6 +3,7 @@
 Importing ``acuzoo`` does not import this package (nor Lightning); import ``acuzoo.lit``.
 """
 
+from .checkpoint import LastStateCheckpoint, RandomState
 from .data import CIFARData, ClassificationData, FashionMNISTData, ImageFolderData, SyntheticData
 from .module import ImageClassifier, build_model
 from .position_lr import PositionLearningRate
@@ -15,9 +16,11 @@ __all__ = [
     "FashionMNISTData",
     "ImageClassifier",
     "ImageFolderData",
+    "LastStateCheckpoint",
     "PositionLearningRate",
     "PositionPlot",
     "PositionWarmup",
+    "RandomState",
     "SyntheticData",
     "build_model",
     "plot_positions",
