@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
 import importlib.util
 import shutil
 import sys
@@ -23,12 +25,15 @@ ROOT = Path(__file__).resolve().parent
 CHECKPOINT_FILES = ("manifest.json", "README.md", "*.safetensors", "configs/*.yaml")
 
 
-def _module_from_file(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+def _ops_module(name: str, ops: Path):
+    """``acuzoo/ops/<name>.py`` as a module of a stand-in package over that folder, so that its
+    relative imports resolve among its siblings without importing acuzoo (and its dependencies)."""
+    package = "acuzoo_build_ops"
+    if package not in sys.modules:
+        stand_in = importlib.util.module_from_spec(importlib.machinery.ModuleSpec(package, None, is_package=True))
+        stand_in.__path__ = [str(ops)]
+        sys.modules[package] = stand_in
+    return importlib.import_module(f"{package}.{name}")
 
 
 def _native_modules():
@@ -41,9 +46,7 @@ def _native_modules():
             "lacks: install torch, then build with `pip wheel --no-build-isolation .`"
         ) from None
     ops = ROOT / "acuzoo" / "ops"
-    native = _module_from_file("acuzoo_build_native", ops / "native.py")
-    prebuilt = _module_from_file("acuzoo_build_native_prebuilt", ops / "native_prebuilt.py")
-    return native, prebuilt
+    return _ops_module("native", ops), _ops_module("native_prebuilt", ops)
 
 
 class BuildPyWithData(build_py):

@@ -170,13 +170,15 @@ _COMPILE_MINUTES = {"cpu": 5, "cuda": 15}
 
 
 def build_name(variant: str) -> str:
-    """Library name, unique per sources, flags, arch list, torch and Python version."""
+    """Library name, unique per sources and their folder, flags, arch list, torch and Python version."""
     digest = hashlib.sha256()
     files = _CPU_SOURCES + _HEADERS + (_CUDA_SOURCES if variant == "cuda" else ())
     for name in files:
         digest.update(name.encode())
         digest.update((CSRC / name).read_bytes())
-    key = [torch.__version__, sys.version, variant, *_cpu_flags()]
+    # The sources' folder too: torch's builder records absolute paths, so two installations
+    # sharing one cache folder would otherwise recompile over each other's library.
+    key = [torch.__version__, sys.version, variant, str(CSRC.resolve()), *_cpu_flags()]
     if variant == "cuda":
         key += [_cuda_arch(), *_cuda_flags(), str(torch.version.cuda)]
     digest.update(repr(key).encode())

@@ -68,6 +68,16 @@ def test_the_cache_name_differs_per_torch_and_python(monkeypatch):
     assert native.build_name("cpu") != name
 
 
+def test_two_installations_never_share_a_cache_entry(monkeypatch, tmp_path):
+    name = native.build_name("cpu")
+    copy = tmp_path / "csrc"
+    copy.mkdir()
+    for source in native.source_files("cpu"):
+        (copy / source.name).write_bytes(source.read_bytes())
+    monkeypatch.setattr(native, "CSRC", copy)
+    assert native.build_name("cpu") != name
+
+
 def test_a_first_build_announces_itself_and_its_end(tmp_path, monkeypatch, caplog):
     from torch.utils import cpp_extension
 
