@@ -7,6 +7,7 @@ at build time), so ``pretrained=True`` and ``acuzoo fit --config quickstart`` wo
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -58,5 +59,9 @@ def resolve_config(name_or_path: str) -> Path:
     stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
     if stem in configs and (len(path.parts) == 1 or path.parent.name == "configs"):
         return configs[stem]
-    names = ", ".join(configs) or "(none found)"
-    raise FileNotFoundError(f"config '{name_or_path}' is neither a file nor a bundled config; bundled: {names}")
+    close = difflib.get_close_matches(stem, configs, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise FileNotFoundError(
+        f"config '{name_or_path}' is neither a file nor one of the {len(configs)} bundled configs "
+        f"(acuzoo configs lists them){hint}"
+    )

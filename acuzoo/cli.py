@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from .bundled import bundled_configs, config_purpose, configs_dir, resolve_config
 from .hub.commands import COMMANDS as HUB_COMMANDS
 from .hub.commands import DEBUG_FLAG, USER_ERRORS, user_errors_reported
 from .lit import ClassificationData, ImageClassifier, LastStateCheckpoint, RandomState
@@ -39,6 +40,56 @@ def subcommand(name: str) -> Callable[[Handler], Handler]:
 # The hub's commands: acuzoo convert (weights -> acuzoo checkpoints), acuzoo export (ONNX/TorchScript).
 for _name, _handler in HUB_COMMANDS.items():
     subcommand(_name)(_handler)
+
+
+@subcommand("configs")
+def list_configs(argv: list[str]) -> None:
+    """``acuzoo configs``: the bundled configs, each with its one-line purpose."""
+    parser = argparse.ArgumentParser(
+        prog="acuzoo configs", description="List the configs that ship with acuzoo (acuzoo fit --config NAME)."
+    )
+    parser.parse_args(argv)
+    configs = bundled_configs()
+    width = max(map(len, configs), default=0)
+    print(f"bundled configs ({configs_dir()}); use one with: acuzoo fit --config NAME")
+    for name, path in configs.items():
+        print(f"  {name:<{width}}  {config_purpose(path)}")
+
+
+# One line per subcommand for ``acuzoo --help``.
+SUMMARIES = {
+    "fit": "train (and validate) a model: acuzoo fit --config quickstart",
+    "validate": "run one validation epoch",
+    "test": "run one test epoch",
+    "predict": "run prediction",
+    "convert": "timm / torchvision / Lightning weights -> acuzoo checkpoints (safetensors)",
+    "export": "fuse every ACU into a conv and export ONNX, TorchScript or a torch.export program",
+    "configs": "list the bundled configs with their purpose",
+}
+
+
+def overview() -> str:
+    """The text of ``acuzoo --help``: every subcommand, one line each."""
+    names = [*LightningCLI.subcommands(), *SUBCOMMANDS]
+    width = max(map(len, names))
+    rows = "\n".join(f"  {name:<{width}}  {SUMMARIES.get(name, '')}".rstrip() for name in names)
+    return (
+        "usage: acuzoo <subcommand> [options]   (also: python -m acuzoo, python train.py)\n\n"
+        f"subcommands:\n{rows}\n\n"
+        "acuzoo <subcommand> --help shows a subcommand's options. --config takes a file or a bundled config's\n"
+        f"name (acuzoo configs lists them). {DEBUG_FLAG}: show the traceback of an error instead of one line."
+    )
+
+
+def with_bundled_configs(args: list[str]) -> list[str]:
+    """``args`` with every ``--config NAME`` that is not a file replaced by the bundled config's path."""
+    resolved = list(args)
+    for i, arg in enumerate(resolved):
+        if arg == "--config" and i + 1 < len(resolved):
+            resolved[i + 1] = str(resolve_config(resolved[i + 1]))
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + str(resolve_config(arg.partition("=")[2]))
+    return resolved
 
 
 def default_loggers(save_dir: str, name: str) -> list[Logger]:
@@ -124,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = [a for a in given if a != DEBUG_FLAG]
     name = args[0] if args and not args[0].startswith("-") else None
     known = [*LightningCLI.subcommands(), *SUBCOMMANDS]
+    if name is None and (not args or args[0] in ("-h", "--help")):
+        print(overview(), file=sys.stdout if args else sys.stderr)
+        raise SystemExit(0 if args else 2)
     if name is not None and name not in known:
         print(f"acuzoo: error: unknown subcommand '{name}' (choose from {', '.join(known)})", file=sys.stderr)
         raise SystemExit(2)
@@ -132,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         with user_errors_reported(prog, debug):
             SUBCOMMANDS[name](args[1:])
         return
-    if argv is None and debug:
+    with user_errors_reported(prog, debug):
+        args = with_bundled_configs(args)
+    if argv is None:
         sys.argv[1:] = args  # what LightningCLI (and DDP's launcher, replaying sys.argv) reads
     # The subcommands' usage lists every option (a hundred lines): errors print without it.
     parser_kwargs: dict[str, Any] = {sub: {"usage": argparse.SUPPRESS} for sub in LightningCLI.subcommands()}
