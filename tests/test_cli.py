@@ -122,3 +122,36 @@ def test_an_unknown_subcommand_lists_every_subcommand(capsys):
     lines = _error_lines(["no-such-command"], capsys)
     assert len(lines) == 1 and "'no-such-command'" in lines[0]
     assert all(name in lines[0] for name in ("fit", "validate", "test", "predict", "convert", "export"))
+
+
+def last_checkpoint(root: Path, version: int = 0) -> dict:
+    return torch.load(root / "tiny" / f"version_{version}" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_last_ckpt_holds_the_final_step_when_val_acc1_does_not_improve(tmp_path):
+    # lr 0: the weights never change, so every epoch's val/acc1 ties the first (the best).
+    cli.main(["fit", *tiny_run(tmp_path, "--trainer.max_epochs=3", "--model.lr=0")])
+    assert last_checkpoint(tmp_path)["global_step"] == 6
+    best = next((tmp_path / "tiny" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    assert torch.load(best, weights_only=True)["global_step"] == 2
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_six_steps(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    cli.main(["fit", *tiny_run(root, "--trainer.max_epochs=-1", "--trainer.max_steps=6")])
+    return last_checkpoint(root)
+
+
+@pytest.mark.parametrize("stop_after", [4, 3], ids=["epoch-boundary", "mid-epoch"])
+def test_fit_resumed_from_last_ckpt_ends_as_the_uninterrupted_run(tmp_path, uninterrupted_six_steps, stop_after):
+    # 8 samples in batches of 4: 2 steps an epoch.
+    cli.main(["fit", *tiny_run(tmp_path, "--trainer.max_epochs=-1", f"--trainer.max_steps={stop_after}")])
+    last = tmp_path / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    cli.main(["fit", *tiny_run(tmp_path, "--trainer.max_epochs=-1", "--trainer.max_steps=6", f"--ckpt_path={last}")])
+    straight, resumed = uninterrupted_six_steps, last_checkpoint(tmp_path, version=1)
+    assert (resumed["global_step"], resumed["epoch"]) == (straight["global_step"], straight["epoch"]) == (6, 2)
+    for name, value in straight["state_dict"].items():  # weights, positions, BatchNorm statistics
+        assert torch.equal(resumed["state_dict"][name], value), name
+    momenta = [[s["momentum_buffer"] for s in c["optimizer_states"][0]["state"].values()] for c in (straight, resumed)]
+    assert all(torch.equal(a, b) for a, b in zip(*momenta))
