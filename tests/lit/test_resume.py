@@ -176,6 +176,10 @@ class RandomlyShifted(Dataset):
 
 
 class AugmentedData(SyntheticData):
+    def __init__(self, num_workers: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_workers = num_workers
+
     def setup(self, stage=None):
         super().setup(stage)
         self.train_set = RandomlyShifted(self.train_set)

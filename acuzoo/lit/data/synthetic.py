@@ -11,8 +11,7 @@ from .base import ClassificationData
 class SyntheticData(ClassificationData):
     """``num_samples`` Gaussian images with random labels per split, fixed by ``seed``.
 
-    The images take the model's input shape unless ``image_size``/``channels`` say otherwise;
-    ``num_workers`` loads them in worker processes, as the file-backed data modules do.
+    The images take the model's input shape unless ``image_size``/``channels`` say otherwise.
     """
 
     def __init__(
@@ -23,9 +22,8 @@ class SyntheticData(ClassificationData):
         image_size: int | None = None,
         channels: int | None = None,
         seed: int = 0,
-        num_workers: int = 0,
     ) -> None:
-        super().__init__(batch_size, num_workers, image_size, channels, 0, seed)
+        super().__init__(batch_size, 0, image_size, channels, 0, seed)
         self.num_samples = num_samples
         self.num_classes = num_classes
 
