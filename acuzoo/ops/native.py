@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from .layout import memory_format_of
+
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
@@ -355,10 +357,31 @@ def native_active_conv2d(
         raise RuntimeError("acuzoo native extension is not available; see the log for why")
     if isinstance(stride, int):
         stride = (stride, stride)
+    if input.shape[0] == 0:
+        # The kernels divide the work by the batch; an empty batch never reaches them.
+        return _EmptyBatch.apply(input, weight, positions, bias, stride)
     weight = weight.to(input.dtype)
     if bias is not None:
         bias = bias.to(input.dtype)
     return torch.ops.acuzoo.active_conv2d(input, weight, positions, bias, list(stride), groups)
+
+
+class _EmptyBatch(torch.autograd.Function):
+    """The ACU of an empty batch, as nn.Conv2d gives it: an empty output in the input's memory
+    format, an empty input gradient, and zero gradients for weight, positions and bias."""
+
+    @staticmethod
+    def forward(ctx, input, weight, positions, bias, stride):
+        ctx.save_for_backward(input, weight, positions, bias)
+        h, w = input.shape[-2:]
+        shape = (0, weight.shape[0], (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1)
+        return input.new_empty(shape).contiguous(memory_format=memory_format_of(input))
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight, positions, bias = ctx.saved_tensors
+        grad_bias = torch.zeros_like(bias) if bias is not None else None
+        return torch.zeros_like(input), torch.zeros_like(weight), torch.zeros_like(positions), grad_bias, None
 
 
 def library_info() -> dict[str, object]:

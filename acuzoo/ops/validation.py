@@ -54,8 +54,9 @@ def check_active_conv2d_args(
     n, c_in, h, w = input.shape
     c_out, c_per_group, k = weight.shape
     p, k_pos, _ = positions.shape
-    if h < 1 or w < 1 or n < 1:
-        raise ValueError(f"input must have N, H, W >= 1, got shape {tuple(input.shape)}")
+    if h < 1 or w < 1:
+        # An empty batch (N = 0) is fine, as in nn.Conv2d: an empty output, empty gradients.
+        raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")
     if c_in % groups:
         raise ValueError(f"input channels ({c_in}) must be divisible by groups ({groups})")
     if c_out % groups:
