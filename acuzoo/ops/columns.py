@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import column_units
+from .layout import memory_format_of
 
 
 def _taps(a: float) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
@@ -27,14 +28,25 @@ def _taps(a: float) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
 
 @dataclass(frozen=True)
 class _Window:
-    """Strided views of a padded tensor: the input each output pixel reads at offset (i, j)."""
+    """Strided views of a padded tensor: the input each output pixel reads at offset (i, j).
+
+    The padding need not reach a far synapse: with ``pad >= max(H, W)``, every offset beyond
+    ``pad`` reads only zeros, and so does the offset ``+-pad`` it is clamped to. The padded
+    input then stays within 3x the image per axis, whatever the spread.
+    """
 
     pad: int
     stride: tuple[int, int]
     out_hw: tuple[int, int]
 
+    @classmethod
+    def reaching(cls, reach: float, hw: tuple[int, int], stride, out_hw) -> _Window:
+        """The window for taps up to ``ceil(reach) + 1`` away (slope taps included)."""
+        return cls(min(int(math.ceil(reach)) + 1, max(hw)), stride, out_hw)
+
     def __call__(self, t: torch.Tensor, c0: int, c1: int, i: int, j: int) -> torch.Tensor:
         (ho, wo), (sh, sw) = self.out_hw, self.stride
+        i, j = max(-self.pad, min(self.pad, i)), max(-self.pad, min(self.pad, j))
         r0, q0 = self.pad + i, self.pad + j
         return t[:, c0:c1, r0 : r0 + (ho - 1) * sh + 1 : sh, q0 : q0 + (wo - 1) * sw + 1 : sw]
 
@@ -82,7 +94,7 @@ class _BilinearColumns(torch.autograd.Function):
         k = positions.shape[1]
         coords = positions.detach().double().cpu().tolist()
         reach = max((abs(v) for pset in coords for syn in pset for v in syn), default=0.0)
-        window = _Window(int(math.ceil(reach)) + 1, stride, out_hw)
+        window = _Window.reaching(reach, (h, w), stride, out_hw)
         xp = F.pad(x, (window.pad,) * 4)
         widths = [stop - start for _, start, stop in segments]
         cols = x.new_empty((n, sum(widths), k, *out_hw))
@@ -94,13 +106,13 @@ class _BilinearColumns(torch.autograd.Function):
                 _interpolate_into(cols[:, offset : offset + width, s], xp, window, c0, c1, rows, cols_)
             offset += width
         ctx.save_for_backward(xp)
-        ctx.conf = (coords, segments, widths, window, (h, w), positions.dtype)
+        ctx.conf = (coords, segments, widths, window, (h, w), positions.dtype, memory_format_of(x))
         return cols
 
     @staticmethod
     def backward(ctx, grad_cols):
         (xp,) = ctx.saved_tensors
-        coords, segments, widths, window, (h, w), pos_dtype = ctx.conf
+        coords, segments, widths, window, (h, w), pos_dtype, memory_format = ctx.conf
         need_x, need_pos = ctx.needs_input_grad[:2]
         k = len(coords[0])
         grad_xp = torch.zeros_like(xp) if need_x else None
@@ -124,14 +136,17 @@ class _BilinearColumns(torch.autograd.Function):
         grad_x = None
         if need_x:
             pad = window.pad
-            grad_x = grad_xp[:, :, pad : pad + h, pad : pad + w]
+            grad_x = grad_xp[:, :, pad : pad + h, pad : pad + w].contiguous(memory_format=memory_format)
         if need_pos:
             grad_pos = grad_pos.to(device=grad_cols.device, dtype=pos_dtype)
         return grad_x, grad_pos, None, None, None
 
 
 def columns_active_conv2d(x, weight, positions, bias, stride, groups, out_hw) -> torch.Tensor:
-    """ACU as bilinear columns + one batched GEMM per unit (arguments already checked)."""
+    """ACU as bilinear columns + one batched GEMM per unit (arguments already checked).
+
+    The output and the input gradient take the input's memory format.
+    """
     c_out, c_per_group, k = weight.shape
     units, segments = column_units(x.shape[1], c_out, groups, positions.shape[0])
     cols = _BilinearColumns.apply(x, positions, segments, stride, out_hw)
@@ -142,4 +157,4 @@ def columns_active_conv2d(x, weight, positions, bias, stride, groups, out_hw) ->
     out = torch.matmul(w, cols).reshape(n, c_out, ho, wo)
     if bias is not None:
         out = out + bias.to(x.dtype).view(1, -1, 1, 1)
-    return out
+    return out.contiguous(memory_format=memory_format_of(x))

@@ -12,6 +12,33 @@ import torch.nn.functional as F
 from .geometry import kernel_radius
 from .hat import hat
 
+# The extrapolated kernel and the splat weights it is built from grow with the square of
+# the spread: a synapse 1e4 px away would need gigabytes. Beyond this many elements
+# (512 MiB in float32) the dense path refuses; the other paths do not grow with the spread.
+DENSE_MAX_KERNEL_ELEMENTS = 2**27
+
+
+def dense_kernel_elements(weight_shape, positions_shape, radius: tuple[int, int]) -> int:
+    """Elements of the larger of the dense path's two big tensors for a box of ``radius``:
+    the kernel (C_out, C_in // groups, R, S) and the splat weights (P, K, R, S)."""
+    c_out, c_per_group, k = weight_shape
+    box = (2 * radius[0] + 1) * (2 * radius[1] + 1)
+    return max(c_out * c_per_group, positions_shape[0] * k) * box
+
+
+def check_dense_kernel_size(weight_shape, positions_shape, radius: tuple[int, int], dtype: torch.dtype) -> None:
+    """Refuse, naming the size and the limit, a dense kernel beyond DENSE_MAX_KERNEL_ELEMENTS."""
+    elements = dense_kernel_elements(weight_shape, positions_shape, radius)
+    if elements > DENSE_MAX_KERNEL_ELEMENTS:
+        size_gib = elements * torch.empty((), dtype=dtype).element_size() / 2**30
+        side = (2 * radius[0] + 1, 2 * radius[1] + 1)
+        raise ValueError(
+            f"the dense path would build a {side[0]} x {side[1]} kernel to reach these positions' "
+            f"farthest synapse: {elements:,} elements ({size_gib:.3g} GiB in {dtype}), beyond its "
+            f"limit of DENSE_MAX_KERNEL_ELEMENTS = {DENSE_MAX_KERNEL_ELEMENTS:,} elements; use "
+            "path='columns' or 'auto', whose cost does not grow with the spread"
+        )
+
 
 def extrapolated_kernel(
     weight: torch.Tensor, positions: torch.Tensor, radius: tuple[int, int]
@@ -73,12 +100,17 @@ class _TightConv(torch.autograd.Function):
 
 
 def dense_active_conv2d(x, weight, positions, bias, stride, groups) -> torch.Tensor:
-    """ACU through one ordinary conv of the extrapolated kernel (arguments already checked)."""
+    """ACU through one ordinary conv of the extrapolated kernel (arguments already checked).
+
+    Refuses (ValueError) a kernel beyond DENSE_MAX_KERNEL_ELEMENTS rather than allocate it.
+    """
     ra, ra_ext = kernel_radius(positions[..., 0])
     rb, rb_ext = kernel_radius(positions[..., 1])
     needs_ring = weight.requires_grad or positions.requires_grad
     margin = (ra_ext - ra, rb_ext - rb) if needs_ring else (0, 0)
-    kernel = extrapolated_kernel(weight, positions, (ra + margin[0], rb + margin[1]))
+    radius = (ra + margin[0], rb + margin[1])
+    check_dense_kernel_size(weight.shape, positions.shape, radius, torch.promote_types(weight.dtype, positions.dtype))
+    kernel = extrapolated_kernel(weight, positions, radius)
     kernel = kernel.to(x.dtype)
     if bias is not None:
         bias = bias.to(x.dtype)

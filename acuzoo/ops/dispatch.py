@@ -10,8 +10,9 @@ import torch
 
 from . import native
 from .columns import columns_active_conv2d
-from .dense import dense_active_conv2d
+from .dense import DENSE_MAX_KERNEL_ELEMENTS, dense_active_conv2d, dense_kernel_elements
 from .geometry import column_units, kernel_radius, output_size
+from .layout import memory_format_of, to_memory_format
 from .reference import reference_active_conv2d
 from .validation import autocast_enabled, check_active_conv2d_args, pair
 
@@ -44,6 +45,30 @@ _NATIVE_DEPTHWISE_MIN_PIXELS = 49
 _CUDA_DEPTHWISE_MAX_SYNAPSES = 300
 
 
+class _DenseBox:
+    """The dense kernel's box, read from the positions once and only when asked."""
+
+    def __init__(self, positions: torch.Tensor):
+        self._positions = positions
+        self._radii: tuple[tuple[int, int], tuple[int, int]] | None = None
+
+    def _read(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        # Reads every position (~0.1 ms per axis on a 960-channel layer).
+        if self._radii is None:
+            self._radii = (kernel_radius(self._positions[..., 0]), kernel_radius(self._positions[..., 1]))
+        return self._radii
+
+    def taps(self) -> int:
+        (ra, _), (rb, _) = self._read()
+        return (2 * ra + 1) * (2 * rb + 1)
+
+    def fits(self, weight_shape) -> bool:
+        """Whether the dense path would build this kernel (extended box: with gradients)."""
+        (_, ra_ext), (_, rb_ext) = self._read()
+        elements = dense_kernel_elements(weight_shape, self._positions.shape, (ra_ext, rb_ext))
+        return elements <= DENSE_MAX_KERNEL_ELEMENTS
+
+
 def choose_path(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -58,20 +83,25 @@ def choose_path(
     On CUDA the native kernels are taken (depthwise: 0.41-0.78x the dense path's time on an
     H100, bench/RESULTS.md; the grouped kernels have not been timed on a GPU). On the CPU they
     win for depthwise layers except on small strided planes with a box up to 5x5; elsewhere a cost
-    model compares the dense box with the columns.
+    model compares the dense box with the columns. Never "dense" where its kernel would exceed
+    DENSE_MAX_KERNEL_ELEMENTS (a far synapse): "columns" then, whose cost does not grow with the
+    spread.
     """
     if native is None:
         native = native_serves(x)
+    box = _DenseBox(positions)
+    path = _fastest_path(x, weight, positions, groups, native, stride, box)
+    if path == "dense" and not box.fits(weight.shape):
+        return "columns"
+    return path
+
+
+def _fastest_path(x, weight, positions, groups, native: bool, stride, box: _DenseBox) -> str:
+    """choose_path's choice by speed alone."""
     c_out, c_per_group, k = weight.shape
     depthwise = groups > 1 and groups == x.shape[1] == c_out
     if native and x.device.type == "cuda":
         return "dense" if depthwise and k > _CUDA_DEPTHWISE_MAX_SYNAPSES else "native"
-    def dense_box() -> int:
-        # Reads every position (~0.1 ms per axis on a 960-channel layer): only when asked.
-        ra, _ = kernel_radius(positions[..., 0])
-        rb, _ = kernel_radius(positions[..., 1])
-        return (2 * ra + 1) * (2 * rb + 1)
-
     if native and depthwise:
         # bench/ops.py (bench/RESULTS.md): on MobileNetV2's planes at 224 px (7x7 and up, B=32)
         # the native kernels beat the dense path at every spread (forward+backward 1-3.5x the
@@ -82,12 +112,12 @@ def choose_path(
         # 165 ms with this rule, 175 ms with native everywhere (blocks at every stride).
         out_pixels = ((x.shape[-2] - 1) // stride[0] + 1) * ((x.shape[-1] - 1) // stride[1] + 1)
         small_strided = out_pixels < _NATIVE_DEPTHWISE_MIN_PIXELS and stride != (1, 1)
-        return "dense" if small_strided and dense_box() <= _DENSE_DEPTHWISE_MAX_BOX else "native"
-    box = dense_box()
-    dense_cost = c_out * c_per_group * box
+        return "dense" if small_strided and box.taps() <= _DENSE_DEPTHWISE_MAX_BOX else "native"
+    box_taps = box.taps()
+    dense_cost = c_out * c_per_group * box_taps
     if native:
         tiled = c_per_group >= _NATIVE_TILES_MIN_CHANNELS
-        if tiled and box <= _NATIVE_TILES_PLATFORM_MAX_BOX and x.dtype == torch.float32:
+        if tiled and box_taps <= _NATIVE_TILES_PLATFORM_MAX_BOX and x.dtype == torch.float32:
             # Synapses within the 3x3 grid: the tiles' forward is then the platform's 3x3 conv
             # itself (acu_cpu_tiles.cpp) and their backward beats the dense path's (64->64
             # CIFAR layer at init: forward+backward 1.35x the conv against 1.52x).
@@ -208,9 +238,17 @@ def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
     if path == "columns":
         out_hw = output_size(tuple(input.shape[-2:]), stride)
         return columns_active_conv2d(input, weight, positions, bias, stride, groups, out_hw)
-    if _prefers_channels_last(input, groups):
-        input = input.contiguous(memory_format=torch.channels_last)
-    return dense_active_conv2d(input, weight, positions, bias, stride, groups)
+    return _dense_in_input_format(input, weight, positions, bias, stride, groups)
+
+
+def _dense_in_input_format(input, weight, positions, bias, stride, groups) -> torch.Tensor:
+    """The dense path, run channels_last where that is faster; the output and the input
+    gradient come back in the input's memory format all the same."""
+    memory_format = memory_format_of(input)
+    if memory_format != torch.channels_last and _prefers_channels_last(input, groups):
+        input = to_memory_format(input, torch.channels_last)
+    out = dense_active_conv2d(input, weight, positions, bias, stride, groups)
+    return out.contiguous(memory_format=memory_format)
 
 
 __all__ = ["active_conv2d", "choose_path", "PATHS"]

@@ -11,6 +11,7 @@ import torch
 
 from .geometry import output_size, position_set_of_channel
 from .hat import hat
+from .layout import grad_in_format_of, memory_format_of
 from .validation import check_active_conv2d_args, pair
 
 
@@ -47,9 +48,14 @@ def reference_active_conv2d(
     stride: int | tuple[int, int] = 1,
     groups: int = 1,
 ) -> torch.Tensor:
-    """The ACU by definition. ``positions`` is the full (P, K, 2) tensor (origin included)."""
+    """The ACU by definition. ``positions`` is the full (P, K, 2) tensor (origin included).
+
+    The output and the input gradient take the input's memory format.
+    """
     check_active_conv2d_args(input, weight, positions, bias, groups)
     stride = pair(stride, "stride")
+    memory_format = memory_format_of(input)
+    input = grad_in_format_of(input)
     n, c_in, h, w = input.shape
     c_out, c_per_group, k = weight.shape
     out_hw = output_size((h, w), stride)
@@ -71,4 +77,4 @@ def reference_active_conv2d(
         if bias is not None:
             y = y + bias[o]
         outputs.append(y)
-    return torch.stack(outputs, 1)
+    return torch.stack(outputs, 1).contiguous(memory_format=memory_format)

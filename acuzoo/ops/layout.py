@@ -1,0 +1,45 @@
+"""Memory formats: every path's output and input gradient take the input's memory format
+(NCHW or channels_last), as PyTorch's convolutions do."""
+
+from __future__ import annotations
+
+import torch
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """channels_last where ``t`` is laid out so and not also NCHW-contiguous, else NCHW.
+
+    The native kernels' rule (csrc/acu_driver.h, ``is_channels_last``): a tensor that is
+    both (one channel, or one pixel) counts as NCHW, and so does any other stride pattern.
+    """
+    channels_last = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+class _ToMemoryFormat(torch.autograd.Function):
+    """``x`` in another memory format, whose gradient comes back in ``x``'s own."""
+
+    @staticmethod
+    def forward(ctx, x, memory_format):
+        ctx.source_format = memory_format_of(x)
+        return x.contiguous(memory_format=memory_format).view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.source_format), None
+
+
+def to_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x.contiguous(memory_format=...)``, but the gradient keeps ``x``'s memory format.
+
+    A plain ``contiguous`` passes the gradient through in the new format, so the caller's
+    input gradient would change format along with the computation inside.
+    """
+    if not x.requires_grad:
+        return x.contiguous(memory_format=memory_format)
+    return _ToMemoryFormat.apply(x, memory_format)
+
+
+def grad_in_format_of(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself for the forward; its gradient is returned in ``x``'s memory format."""
+    return to_memory_format(x, memory_format_of(x))
