@@ -279,7 +279,7 @@ def test_training_loader_state_resumes_its_epoch_at_the_next_batch():
     batches = iter(interrupted)
     next(batches)
     state = interrupted.state_dict()
-    assert state == {"epoch": 2, "batches_drawn": 1}
+    assert state == {"epoch": 2, "samples_drawn": 4}
     rest = first_pixels(batches)
     resumed = training_loader()
     resumed.load_state_dict(state)
@@ -287,9 +287,32 @@ def test_training_loader_state_resumes_its_epoch_at_the_next_batch():
     assert len(first_pixels(resumed)) == 3, "the next iteration is a whole epoch again"
 
 
+def test_training_loader_state_resumes_at_the_same_sample_with_another_batch_size():
+    interrupted = training_loader()
+    batches = iter(interrupted)
+    next(batches)
+    state = interrupted.state_dict()
+    rest = sum(first_pixels(batches), [])
+    resumed = SyntheticData(num_samples=12, num_classes=3, batch_size=2, image_size=6, channels=2)
+    resumed.setup("fit")
+    loader = resumed.train_dataloader()
+    loader.load_state_dict(state)
+    assert sum(first_pixels(loader), []) == rest
+
+
+def test_training_loader_refuses_a_state_it_did_not_write():
+    with pytest.raises(ValueError, match=r"training loader state \['epoch'\] in the checkpoint: expected"):
+        training_loader().load_state_dict({"epoch": 0})
+
+
+def test_overfit_batches_swaps_in_lightnings_sequential_sampler(fit_run):
+    module, trainer, last = fit_run("run", overfit_batches=1, max_epochs=2)
+    assert trainer.global_step == 2
+
+
 def test_training_loader_state_of_another_epoch_does_not_skip():
     resumed = training_loader()
-    resumed.load_state_dict({"epoch": 0, "batches_drawn": 3})  # saved at epoch 0's end
+    resumed.load_state_dict({"epoch": 0, "samples_drawn": 12})  # saved at epoch 0's end
     resumed.sampler.set_epoch(1)  # Lightning moves on to epoch 1
     assert len(first_pixels(resumed)) == 3
 

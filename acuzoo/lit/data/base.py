@@ -65,32 +65,44 @@ class SeededSamples(Dataset):
 
 class ResumableLoader(DataLoader):
     """The training DataLoader over an ``EpochSampler``. Lightning saves its ``state_dict`` (the epoch
-    and how many of its batches were drawn) with the fit loop's state and, on resume, hands it back to
-    ``load_state_dict``: that epoch's next iteration then skips the batches already trained on."""
+    and how many of its samples were drawn) with the fit loop's state and, on resume, hands it back
+    to ``load_state_dict``: that epoch's next iteration then skips the samples already trained on
+    (the same samples with another batch size). Under another sampler (Lightning's, for
+    ``overfit_batches``) it is a plain DataLoader."""
+
+    STATE_KEYS = frozenset({"epoch", "samples_drawn"})
 
     def __init__(self, dataset: Dataset, batch_size: int, sampler: EpochSampler, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
-        self.batches_drawn = 0
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches drawn) from a checkpoint
+        self.samples_drawn = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples drawn) from a checkpoint
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_drawn": self.batches_drawn}
+        if not isinstance(self.sampler, EpochSampler):
+            return {}
+        return {"epoch": self.sampler.epoch, "samples_drawn": self.samples_drawn}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if not isinstance(self.sampler, EpochSampler):
+            return
+        if set(state) != self.STATE_KEYS:
+            raise ValueError(
+                f"training loader state {sorted(state)} in the checkpoint: expected {sorted(self.STATE_KEYS)}"
+            )
         self.sampler.set_epoch(state["epoch"])
-        self._resume_at = (state["epoch"], state["batches_drawn"])
+        self._resume_at = (state["epoch"], state["samples_drawn"])
 
-    def _batches_to_skip(self) -> int:
+    def _samples_to_skip(self) -> int:
         resume_at, self._resume_at = self._resume_at, None
         # Lightning sets the epoch after restoring the state: a finished epoch was moved past.
         return resume_at[1] if resume_at is not None and resume_at[0] == self.sampler.epoch else 0
 
     def __iter__(self) -> Iterator[Any]:
         # A generator: the sampler is read at the first batch, after Lightning's set_epoch.
-        self.batches_drawn = self._batches_to_skip()
-        self.sampler.start = self.batches_drawn * self.batch_size
+        if isinstance(self.sampler, EpochSampler):
+            self.samples_drawn = self.sampler.start = self._samples_to_skip()
         for batch in super().__iter__():
-            self.batches_drawn += 1
+            self.samples_drawn += self.batch_size
             yield batch
 
 
