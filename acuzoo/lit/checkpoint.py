@@ -101,26 +101,29 @@ class RandomState(Callback):
     """Saves the global random generators' states (torch's CPU and CUDA, NumPy's, Python's) in every
     checkpoint and restores them on resume, so what draws from them (dropout, drop-path, ...)
     continues as in the uninterrupted run. Rank 0's states are saved (``seed_everything`` gives every
-    rank the same); CUDA states are restored on the devices both runs have. Tensors, lists and
-    numbers only: the checkpoint still loads with ``torch.load(weights_only=True)``."""
+    rank the same), CUDA's of the process's own device. Tensors, lists and numbers only: the
+    checkpoint still loads with ``torch.load(weights_only=True)``."""
 
     def state_dict(self) -> dict[str, Any]:
-        devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
-        cuda = [torch.cuda.get_rng_state(i) for i in devices]
         name, keys, pos, has_gauss, gauss = np.random.get_state()
         version, python_state, python_gauss = random.getstate()
         return {
             "torch": torch.get_rng_state(),
-            "torch.cuda": cuda,
+            # This process's device only (asking others would start CUDA there); none before CUDA starts.
+            "torch.cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
             "python": [version, list(python_state), python_gauss],
         }
 
+    KEYS = ("torch", "torch.cuda", "numpy", "python")
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        missing = [key for key in self.KEYS if key not in state_dict]
+        if missing:  # checked before any generator is set: all or nothing
+            raise ValueError(f"RandomState in the checkpoint lacks {missing}: expected {list(self.KEYS)}")
         torch.set_rng_state(state_dict["torch"])
-        if torch.cuda.is_available():
-            for i, cuda_state in enumerate(state_dict["torch.cuda"][: torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(cuda_state, i)
+        if state_dict["torch.cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["torch.cuda"])  # applied when CUDA starts
         name, keys, pos, has_gauss, gauss = state_dict["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         version, python_state, python_gauss = state_dict["python"]

@@ -3,8 +3,10 @@ order, the random streams and the epoch numbers too; and ``last.ckpt`` always ho
 
 from __future__ import annotations
 
+import random
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -250,8 +252,8 @@ def test_linked_last_checkpoint_becomes_a_file_of_the_final_step_when_the_metric
 # The training loader on its own.
 
 
-def training_loader(seed: int = 0, **kwargs):
-    data = SyntheticData(num_samples=12, num_classes=3, batch_size=4, image_size=6, channels=2, seed=seed, **kwargs)
+def training_loader(seed: int = 0):
+    data = SyntheticData(num_samples=12, num_classes=3, batch_size=4, image_size=6, channels=2, seed=seed)
     data.setup("fit")
     return data.train_dataloader()
 
@@ -261,6 +263,7 @@ def first_pixels(batches) -> list[list[float]]:
 
 
 def test_training_order_is_a_function_of_the_seeds_and_epoch_alone(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # what seed_everything(0) sets
     torch.manual_seed(1)
     order = first_pixels(training_loader())
     torch.manual_seed(2)
@@ -305,7 +308,7 @@ def test_training_loader_refuses_a_state_it_did_not_write():
         training_loader().load_state_dict({"epoch": 0})
 
 
-def test_overfit_batches_swaps_in_lightnings_sequential_sampler(fit_run):
+def test_overfit_batches_trains_with_lightnings_sequential_sampler(fit_run):
     module, trainer, last = fit_run("run", overfit_batches=1, max_epochs=2)
     assert trainer.global_step == 2
 
@@ -339,3 +342,28 @@ def test_seeded_samples_draw_from_their_seed_and_leave_the_global_generator_alon
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(samples[(1, 123)][0], first), "the same seed, the same draw"
     assert not torch.equal(samples[(0, 124)][0], first)
+
+
+# RandomState on its own.
+
+
+def draws() -> tuple:
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+
+def test_random_state_restores_torch_numpy_and_python_generators():
+    saved = RandomState().state_dict()
+    expected = draws()
+    draws()
+    RandomState().load_state_dict(saved)
+    assert draws() == expected
+
+
+def test_random_state_refuses_a_state_that_lacks_a_generator_and_sets_none():
+    saved = RandomState().state_dict()
+    del saved["numpy"]
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"RandomState in the checkpoint lacks \['numpy'\]"):
+        RandomState().load_state_dict(saved)
+    assert torch.equal(torch.get_rng_state(), before)
