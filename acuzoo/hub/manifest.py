@@ -1,7 +1,9 @@
 """The checkpoint registry: a folder holding ``manifest.json`` and the safetensors files it lists.
 
-The manifest is read only when weights are asked for (never at ``import acuzoo``). Which folder:
-an explicit argument, else ``$ACUZOO_CHECKPOINTS``, else the repository's ``checkpoints/``.
+The manifest is read only when weights are asked for (never at ``import acuzoo``). Which folders:
+an explicit argument alone; else each folder of ``$ACUZOO_CHECKPOINTS`` (``os.pathsep``-separated),
+then the published checkpoints that ship with acuzoo (``acuzoo.bundled``). A name is taken from the
+first folder that lists it, so the variable adds checkpoints and can override published ones.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..bundled import checkpoints_dir
+
 ENV_VAR = "ACUZOO_CHECKPOINTS"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-# The published checkpoints live beside the package in a source checkout.
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 # Fields every entry must have; the rest (metrics, commands, provenance) are documentation.
 REQUIRED = ("name", "file", "sha256")
 
@@ -37,6 +39,7 @@ class Entry:
     file: str
     sha256: str
     info: dict[str, Any] = field(default_factory=dict, compare=False)
+    folder: Path | None = field(default=None, compare=False)  # the registry folder that lists it
 
     @property
     def model(self) -> str:
@@ -47,10 +50,19 @@ class Entry:
         return self.name.partition(".")[2]
 
 
+def registry_folders(path: str | os.PathLike | None = None) -> list[Path]:
+    """Where checkpoints are looked up, first match wins: ``path`` alone when given; else the folders
+    of ``$ACUZOO_CHECKPOINTS``, then the published checkpoints shipped with acuzoo."""
+    if path is not None:
+        return [Path(path).expanduser()]
+    added = [Path(p).expanduser() for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    return [*added, checkpoints_dir()]
+
+
 def checkpoint_dir(path: str | os.PathLike | None = None) -> Path:
-    """The registry folder: ``path``, else ``$ACUZOO_CHECKPOINTS``, else the repository's."""
-    chosen = path if path is not None else os.environ.get(ENV_VAR) or DEFAULT_DIR
-    return Path(chosen).expanduser()
+    """The first registry folder: ``path``, else the first of ``$ACUZOO_CHECKPOINTS``, else the
+    published checkpoints' folder."""
+    return registry_folders(path)[0]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -63,8 +75,16 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def read_manifest(folder: str | os.PathLike | None = None) -> dict[str, Entry]:
-    """The entries of ``<folder>/manifest.json`` by name; a clear error when it is absent or malformed."""
-    path = checkpoint_dir(folder) / MANIFEST_NAME
+    """The entries of ``<folder>/manifest.json`` by name, or, without ``folder``, of every registry
+    folder (the first that lists a name wins); a clear error when one is absent or malformed."""
+    merged: dict[str, Entry] = {}
+    for one in reversed(registry_folders(folder)):
+        merged.update(_read_folder(one))
+    return merged
+
+
+def _read_folder(folder: Path) -> dict[str, Entry]:
+    path = folder / MANIFEST_NAME
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint manifest at {path} (set {ENV_VAR} or pass checkpoint_dir= to point at a folder "
@@ -83,7 +103,7 @@ def read_manifest(folder: str | os.PathLike | None = None) -> dict[str, Entry]:
         if missing:
             raise CheckpointError(f"{path}: entry {i} lacks {', '.join(missing)}")
         info = {k: v for k, v in row.items() if k not in REQUIRED}
-        entries[row["name"]] = Entry(row["name"], row["file"], row["sha256"].lower(), info)
+        entries[row["name"]] = Entry(row["name"], row["file"], row["sha256"].lower(), info, folder)
     return entries
 
 
@@ -94,12 +114,13 @@ def find_entry(name: str, folder: str | os.PathLike | None = None) -> tuple[Entr
         model = name.partition(".")[0]
         same_model = sorted(n for n in entries if n.partition(".")[0] == model)
         hint = f"; {model} has: {', '.join(same_model)}" if same_model else f"; published: {', '.join(sorted(entries))}"
+        looked = ", ".join(str(f / MANIFEST_NAME) for f in registry_folders(folder))
         raise CheckpointError(
-            f"no checkpoint '{name}' in {checkpoint_dir(folder) / MANIFEST_NAME}{hint}. acuzoo never downloads "
+            f"no checkpoint '{name}' in {looked}{hint}. acuzoo never downloads "
             f"weights: put the file and a manifest entry in a folder and set {ENV_VAR}"
         )
     entry = entries[name]
-    return entry, checkpoint_dir(folder) / entry.file
+    return entry, (entry.folder or checkpoint_dir(folder)) / entry.file
 
 
 @contextmanager
