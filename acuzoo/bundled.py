@@ -59,6 +59,8 @@ def resolve_config(name_or_path: str) -> Path:
     stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
     if stem in configs and (len(path.parts) == 1 or path.parent.name == "configs"):
         return configs[stem]
+    if len(path.parts) > 1 and path.parent.name != "configs":
+        raise FileNotFoundError(f"config file {path} does not exist")
     close = difflib.get_close_matches(stem, configs, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise FileNotFoundError(

@@ -95,7 +95,8 @@ def _error_lines(argv: list[str], capsys) -> list[str]:
 def test_a_missing_config_file_is_named_in_two_lines(tmp_path, capsys):
     lines = _error_lines(["fit", "--config", str(tmp_path / "missing.yaml")], capsys)
     assert len(lines) <= 2
-    assert "missing.yaml" in lines[-1] and "does not exist" in lines[-1]
+    (error,) = [line for line in lines if "error:" in line]
+    assert "missing.yaml" in error and "does not exist" in error
 
 
 def test_an_error_raised_while_fit_builds_the_model_is_one_line_without_traceback(tmp_path, capsys):

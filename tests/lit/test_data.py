@@ -263,3 +263,12 @@ def test_cifar_labels_outside_the_classes_are_refused_naming_the_file(tmp_path):
     root = tiny_cifar_root(tmp_path, n=12)  # labels 0..11 on CIFAR-10
     with pytest.raises(ValueError, match=r"data_batch_1 has 2 labels outside \[0, 10\), the first 10 at index 10"):
         CIFARData(root=str(root), num_workers=0).setup("fit")
+
+
+@pytest.mark.parametrize("field", ["image_size", "channels"])
+@pytest.mark.parametrize("value", [0, -2])
+def test_a_zero_or_negative_image_size_or_channel_count_is_refused_naming_it(field, value):
+    from acuzoo.lit.data.synthetic import SyntheticData
+
+    with pytest.raises(ValueError, match=field):
+        SyntheticData(**{field: value})

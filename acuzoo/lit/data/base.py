@@ -132,6 +132,10 @@ class ClassificationData(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for name, value in (("image_size", image_size), ("channels", channels)):
+            # None means "the model's"; 0 is a mistake, never a silent default.
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int or None (the model's), got {value!r}")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size

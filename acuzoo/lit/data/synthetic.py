@@ -11,13 +11,14 @@ from .base import ClassificationData
 class SyntheticData(ClassificationData):
     """``num_samples`` Gaussian images with random labels per split, fixed by ``seed``.
 
-    The images take the model's input shape unless ``image_size``/``channels`` say otherwise.
+    The images take the model's input shape unless ``image_size``/``channels`` say otherwise, and
+    the labels its class count unless ``num_classes`` does (10 without a model).
     """
 
     def __init__(
         self,
         num_samples: int = 64,
-        num_classes: int = 10,
+        num_classes: int | None = None,
         batch_size: int = 16,
         image_size: int | None = None,
         channels: int | None = None,
@@ -35,4 +36,6 @@ class SyntheticData(ClassificationData):
         return TensorDataset(images, labels)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.num_classes is None:
+            self.num_classes = int(self.model_data_config().get("num_classes") or 10)
         self.train_set, self.val_set, self.test_set = self._split(0), self._split(1), self._split(2)
