@@ -302,7 +302,10 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="a .safetensors file (default: the registry's checkpoint of the tag)")
     parser.add_argument("--checkpoint-dir", help="the registry folder (default $ACUZOO_CHECKPOINTS, else checkpoints/)")
     parser.add_argument("--onnx", help="write the fused model as ONNX here")
-    parser.add_argument("--torchscript", help="write the fused model as TorchScript here")
+    parser.add_argument(
+        "--torchscript", help="write the fused model as TorchScript here (deprecated by torch 2.14; prefer --pt2)"
+    )
+    parser.add_argument("--pt2", help="write the fused model as a torch.export program (.pt2) here")
     parser.add_argument(
         "--input-size", type=int, help=f"square input side, 1 to {MAX_INPUT_SIZE} (default: the checkpoint's)"
     )
@@ -313,40 +316,49 @@ def _export_parser() -> argparse.ArgumentParser:
 
 def _check_export_args(args: argparse.Namespace) -> None:
     """Every option of ``acuzoo export`` that can be checked before the model is built."""
-    from .export import OPSETS
+    from .export import OPSETS, require_onnx
 
-    if not (args.onnx or args.torchscript):
-        raise ValueError("nothing to do: give --onnx and/or --torchscript")
+    if not (args.onnx or args.torchscript or args.pt2):
+        raise ValueError("nothing to do: give --onnx, --torchscript and/or --pt2")
+    if args.onnx:
+        require_onnx()
     if args.opset not in OPSETS:
         raise ValueError(f"--opset {args.opset}: the ONNX exporter writes opsets {OPSETS[0]} to {OPSETS[-1]}")
     if args.input_size is not None and not 0 < args.input_size <= MAX_INPUT_SIZE:
         raise ValueError(f"--input-size must be in [1, {MAX_INPUT_SIZE}], got {args.input_size}")
-    outputs = [check_output_file(option, path) for option, path in (("--onnx", args.onnx),
-                                                                      ("--torchscript", args.torchscript)) if path]
-    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
-        raise ValueError(f"--onnx and --torchscript name the same file {outputs[0]}")
+    options = (("--onnx", args.onnx), ("--torchscript", args.torchscript), ("--pt2", args.pt2))
+    outputs = [check_output_file(option, path) for option, path in options if path]
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise ValueError(f"--onnx, --torchscript and --pt2 must name different files, got {[str(p) for p in outputs]}")
 
 
-def _write_exports(onnx: tuple[str, bytes] | None, torchscript: tuple[str, Any] | None) -> None:
+def _write_exports(
+    onnx: tuple[str, bytes] | None, torchscript: tuple[str, Any] | None, program: tuple[str, Any] | None = None
+) -> None:
     """Write the exported files together: each beside its target, renamed into place only when all are written."""
+    import torch
+
     from .manifest import replacing
 
-    for path, _ in filter(None, (onnx, torchscript)):
+    for path, _ in filter(None, (onnx, torchscript, program)):
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         if onnx:
             stack.enter_context(replacing(Path(onnx[0]).expanduser())).write_bytes(onnx[1])
         if torchscript:
             torchscript[1].save(str(stack.enter_context(replacing(Path(torchscript[0]).expanduser()))))
+        if program:
+            torch.export.save(program[1], str(stack.enter_context(replacing(Path(program[0]).expanduser()))))
 
 
 def export_main(argv: Sequence[str]) -> dict[str, Any]:
-    """``acuzoo export``: fuse every ACU into an ordinary conv (Theorem 2), export ONNX and/or TorchScript."""
+    """``acuzoo export``: fuse every ACU into an ordinary conv (Theorem 2), export ONNX, TorchScript and/or
+    a torch.export program (.pt2), each checked against the PyTorch model."""
     args = _export_parser().parse_args(list(argv))
     _check_export_args(args)
     import torch
 
-    from .export import export_onnx, export_torchscript, fused_copy, state_bytes
+    from .export import export_onnx, export_program, export_torchscript, fused_copy, state_bytes
     from .pretrained import create_pretrained
 
     model = create_pretrained(args.model, args.weights, args.checkpoint_dir).eval()
@@ -380,7 +392,17 @@ def export_main(argv: Sequence[str]) -> dict[str, Any]:
         with torch.no_grad():
             diff = float((scripted(x) - expected).abs().max())
         report["torchscript"] = {"file": args.torchscript, "max_abs_diff_vs_pytorch": diff}
-    _write_exports(onnx, (args.torchscript, scripted) if scripted is not None else None)
+    program = None
+    if args.pt2:
+        program = export_program(model, None, x)
+        with torch.no_grad():
+            diffs = [float((program.module()(x[:b]) - expected[:b]).abs().max()) for b in (1, len(x))]
+        report["pt2"] = {"file": args.pt2, "max_abs_diff_vs_pytorch": max(diffs), "dynamic_batch": True}
+    _write_exports(
+        onnx,
+        (args.torchscript, scripted) if scripted is not None else None,
+        (args.pt2, program) if program is not None else None,
+    )
     print(json.dumps(report, indent=2))
     return report
 

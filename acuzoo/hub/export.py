@@ -16,7 +16,9 @@ from torch import nn
 from ..nn import ActiveConv2d, fuse_acu
 from .manifest import replacing
 
-__all__ = ["OPSETS", "export_onnx", "export_torchscript", "fused_copy", "state_bytes"]
+__all__ = ["OPSETS", "export_onnx", "export_program", "export_torchscript", "fused_copy", "require_onnx", "state_bytes"]
+
+EXPORT_EXTRA = "pip install 'acuzoo[export]'"
 
 # The opsets torch's TorchScript-based ONNX exporter (the one used here) writes.
 OPSETS = tuple(range(
@@ -47,6 +49,7 @@ def export_onnx(
     or one too old for an operator of the model."""
     if opset not in OPSETS:
         raise ValueError(f"opset {opset}: the ONNX exporter writes opsets {OPSETS[0]} to {OPSETS[-1]}")
+    require_onnx()
     fused = fused_copy(model)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad(), _opset_errors(opset):
@@ -66,6 +69,29 @@ def export_onnx(
         with replacing(path) as temporary:
             temporary.write_bytes(data)
     return data
+
+
+def require_onnx() -> None:
+    """ONNX export needs the ``onnx`` package, which the ``export`` extra installs."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ValueError(f"ONNX export needs the onnx package (the export extra): {EXPORT_EXTRA}") from None
+
+
+def export_program(
+    model: nn.Module, path: str | os.PathLike | None, example: torch.Tensor
+) -> torch.export.ExportedProgram:
+    """Fuse and capture with ``torch.export`` (batch dimension dynamic); writes ``path`` (a ``.pt2``)
+    when given, whole or not at all, and returns the program."""
+    fused = fused_copy(model)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with torch.no_grad():
+        program = torch.export.export(fused, (example,), dynamic_shapes=({0: batch},))
+    if path is not None:
+        with replacing(path) as temporary:
+            torch.export.save(program, str(temporary))
+    return program
 
 
 @contextlib.contextmanager

@@ -110,3 +110,26 @@ def test_an_export_that_fails_after_the_onnx_export_leaves_no_file(tmp_path, mon
     with pytest.raises(RuntimeError, match="torch.jit.script failed"):
         export_main([SMALL_CHECKPOINT, "--onnx", str(tmp_path / "m.onnx"), "--torchscript", str(tmp_path / "m.pt")])
     assert list(tmp_path.iterdir()) == []
+
+
+# --- torch.export (.pt2) and ONNX without the export extra ---------------------------------------------------------
+
+
+def test_export_command_writes_a_pt2_program_that_matches_pytorch_at_any_batch(tmp_path, capsys):
+    report = export_main([SMALL_CHECKPOINT, "--pt2", str(tmp_path / "m.pt2")])
+    assert report["pt2"]["max_abs_diff_vs_pytorch"] < 1e-4
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    model = create_pretrained(SMALL_CHECKPOINT).eval()
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), model(x), rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, ActiveConv2d) for m in program.modules())
+
+
+def test_onnx_export_without_the_export_extra_names_the_extra_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the export extra were not installed
+    code, err = _cli_error(["export", SMALL_CHECKPOINT, "--onnx", str(tmp_path / "m.onnx")], capsys)
+    assert code == 2 and "acuzoo[export]" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
