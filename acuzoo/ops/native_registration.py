@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .layout import memory_format_of
+
 _registered = False
 
 
@@ -17,16 +19,10 @@ def _out_size(size, stride):
     return (size - 1) // stride + 1
 
 
-def _memory_format(input):
-    """The kernels' rule (acu_driver.h): outputs take the input's memory format."""
-    channels_last = not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def _fake_forward(input, weight, positions, bias, stride, groups):
     n, _, h, w = input.shape
     shape = (n, weight.shape[0], _out_size(h, stride[0]), _out_size(w, stride[1]))
-    return input.new_empty(shape).contiguous(memory_format=_memory_format(input))
+    return input.new_empty(shape).contiguous(memory_format=memory_format_of(input))
 
 
 def _fake_backward(grad_output, input, weight, positions, stride, groups, output_mask):
@@ -35,7 +31,7 @@ def _fake_backward(grad_output, input, weight, positions, stride, groups, output
 
     grad_input = grad_like(input, output_mask[0])
     if output_mask[0]:
-        grad_input = grad_input.contiguous(memory_format=_memory_format(input))
+        grad_input = grad_input.contiguous(memory_format=memory_format_of(input))
     return (
         grad_input,
         grad_like(weight, output_mask[1]),
