@@ -355,9 +355,7 @@ int inner_pixels(const Box& value, const Geometry& g) {
 // Whether the kernel reads in place well: in place saves the band copies and reads the
 // interior by quads (acu_cpu_inplace.h), but pixels near the left and right edges gather
 // their taps into zero-padded runs, once per output row, which costs more than the copies
-// when they are many. bench/RESULTS.md (sixth session), forward+backward, channels-last,
-// in place vs bands: 144x56 +-3 45 vs 59 ms, 192x28 +-3 11.8 vs 12.4 (79 % interior);
-// 384x14 +-1.5 4.6 vs 4.0 (71 %); 960x7 init 2.6 vs 2.4 (71 %).
+// when they are many (the in-place vs bands figures are in bench/RESULTS.md).
 bool narrow_enough(const Box& value, const Geometry& g) {
   return inner_pixels(value, g) >= kMinInPlaceInterior * static_cast<double>(g.out_w);
 }
@@ -371,11 +369,9 @@ bool reads_in_place(const Box& value, const Geometry& g) {
 }
 
 // Whether the platform's depthwise conv runs the forward with the merged kernel: its jit
-// kernels beat the channel blocks' forward up to 7x7 (bench/RESULTS.md, seventh session;
-// channels-last, batch 32, ms, platform vs blocks): 192x28 init 0.97 vs 1.32, +-1.5 1.57
-// vs 2.11, +-3 2.54 vs 3.92; 960x7 +-1.5 0.53 vs 0.84. Their input gradient is no faster
-// than the blocks' (192x28 +-3 3.51 vs 3.36; an interleaved A/B of the whole backward
-// within +-10 % either way), so the backward stays with the blocks; wider boxes too.
+// kernels beat the channel blocks' forward up to 7x7, while its input gradient is no faster
+// than the blocks', so the backward stays with the blocks; wider boxes too (figures in
+// bench/RESULTS.md).
 bool platform_runs(const Box& value, at::ScalarType dtype) {
   // No tap on the plane: nothing to hand over, unless a test forces it.
   const int radius = value.empty() ? std::numeric_limits<int>::max()
