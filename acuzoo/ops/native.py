@@ -48,23 +48,23 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 _CPU_SOURCES = (
-    "acu_ops.cpp",
-    "acu_autograd.cpp",
-    "acu_cpu.cpp",
-    "acu_cpu_blocks.cpp",
-    "acu_cpu_tiles.cpp",
-    "acu_cpu_platform.cpp",
-    "acu_twin.cpp",
+    "ops.cpp",
+    "autograd.cpp",
+    "cpu/depthwise_planes.cpp",
+    "cpu/depthwise_blocks.cpp",
+    "cpu/grouped_tiles.cpp",
+    "cpu/merged_conv.cpp",
+    "cpu/twin.cpp",
 )
-_CUDA_SOURCES = ("acu_cuda.cu",)
+_CUDA_SOURCES = ("cuda/kernels.cu",)
 _HEADERS = (
-    "acu_cpu_blocks.h",
-    "acu_cpu_inplace.h",
-    "acu_cpu_platform.h",
-    "acu_cpu_taps.h",
-    "acu_math.h",
-    "acu_driver.h",
-    "acu_cpu_tiles.h",
+    "common/driver.h",
+    "common/math.h",
+    "cpu/depthwise_blocks.h",
+    "cpu/depthwise_blocks_in_place.h",
+    "cpu/grouped_tiles.h",
+    "cpu/merged_conv.h",
+    "cpu/taps.h",
 )
 VARIANTS = ("cpu", "cuda")
 DEFAULT_CUDA_ARCH = "9.0"

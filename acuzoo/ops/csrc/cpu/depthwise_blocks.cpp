@@ -15,7 +15,7 @@
 // to stay in L2 with their zero borders. Either way a backward task owns some channels for
 // a fixed range of samples, and those ranges' dots are added in order: bitwise
 // reproducible for any thread count.
-#include "acu_cpu_blocks.h"
+#include "depthwise_blocks.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -27,9 +27,9 @@
 #include <type_traits>
 #include <vector>
 
-#include "acu_cpu_inplace.h"
-#include "acu_cpu_platform.h"
-#include "acu_cpu_taps.h"
+#include "depthwise_blocks_in_place.h"
+#include "merged_conv.h"
+#include "taps.h"
 
 namespace acu {
 namespace {

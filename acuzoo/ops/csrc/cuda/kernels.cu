@@ -15,8 +15,8 @@
 
 #include <algorithm>
 
-#include "acu_driver.h"
-#include "acu_math.h"
+#include "../common/driver.h"
+#include "../common/math.h"
 
 namespace acu {
 namespace {

@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "acu_math.h"
+#include "../common/math.h"
 
 namespace acu {
 

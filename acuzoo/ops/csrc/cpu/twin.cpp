@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "acu_driver.h"
-#include "acu_math.h"
+#include "../common/driver.h"
+#include "../common/math.h"
 
 namespace acu {
 namespace {

@@ -10,7 +10,7 @@
 // The forward splits the work by tile. The backward gives each task whole samples (no
 // two tasks write the same input gradient) in a fixed number of sample blocks, whose
 // weight/position sums are then added in block order: bitwise reproducible.
-#include "acu_cpu_tiles.h"
+#include "grouped_tiles.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,9 +19,9 @@
 #include <atomic>
 #include <vector>
 
-#include "acu_cpu_platform.h"
-#include "acu_cpu_taps.h"
-#include "acu_math.h"
+#include "merged_conv.h"
+#include "taps.h"
+#include "../common/math.h"
 
 namespace acu {
 namespace {

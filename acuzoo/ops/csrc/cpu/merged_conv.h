@@ -6,7 +6,7 @@
 
 #include <optional>
 
-#include "acu_driver.h"
+#include "../common/driver.h"
 
 namespace acu {
 

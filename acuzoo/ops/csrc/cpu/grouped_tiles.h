@@ -9,7 +9,7 @@
 #include <optional>
 #include <tuple>
 
-#include "acu_driver.h"
+#include "../common/driver.h"
 
 namespace acu {
 

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "acu_cpu_taps.h"
+#include "taps.h"
 
 namespace acu {
 

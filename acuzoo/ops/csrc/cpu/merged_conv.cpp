@@ -1,5 +1,5 @@
 // The platform's conv for merged kernels (see acu_cpu_platform.h).
-#include "acu_cpu_platform.h"
+#include "merged_conv.h"
 
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>

@@ -10,11 +10,11 @@
 #include <algorithm>
 #include <vector>
 
-#include "acu_cpu_blocks.h"
-#include "acu_cpu_taps.h"
-#include "acu_cpu_tiles.h"
-#include "acu_driver.h"
-#include "acu_math.h"
+#include "depthwise_blocks.h"
+#include "taps.h"
+#include "grouped_tiles.h"
+#include "../common/driver.h"
+#include "../common/math.h"
 
 namespace acu {
 namespace {
