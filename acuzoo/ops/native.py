@@ -50,20 +50,26 @@ CSRC = Path(__file__).with_name("csrc")
 _CPU_SOURCES = (
     "ops.cpp",
     "autograd.cpp",
+    "common/driver.cpp",
+    "cpu/registration.cpp",
     "cpu/depthwise_planes.cpp",
     "cpu/depthwise_blocks.cpp",
-    "cpu/grouped_tiles.cpp",
     "cpu/merged_conv.cpp",
+    "cpu/grouped_tiles.cpp",
+    "cpu/columns.cpp",
     "cpu/twin.cpp",
 )
 _CUDA_SOURCES = ("cuda/kernels.cu",)
 _HEADERS = (
+    "common/columns.h",
+    "common/depthwise.h",
     "common/driver.h",
+    "common/geometry.h",
     "common/math.h",
-    "cpu/depthwise_blocks.h",
     "cpu/depthwise_blocks_in_place.h",
-    "cpu/grouped_tiles.h",
-    "cpu/merged_conv.h",
+    "cpu/kernels.h",
+    "cpu/planes.h",
+    "cpu/reduce_rows.h",
     "cpu/taps.h",
 )
 VARIANTS = ("cpu", "cuda")

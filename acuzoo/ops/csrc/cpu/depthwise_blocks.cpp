@@ -15,37 +15,23 @@
 // to stay in L2 with their zero borders. Either way a backward task owns some channels for
 // a fixed range of samples, and those ranges' dots are added in order: bitwise
 // reproducible for any thread count.
-#include "depthwise_blocks.h"
-
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
+#include "../common/depthwise.h"
 #include "depthwise_blocks_in_place.h"
-#include "merged_conv.h"
+#include "kernels.h"
+#include "reduce_rows.h"
 #include "taps.h"
 
 namespace acu {
 namespace {
 
-std::atomic<int64_t> mode_override{0};
-std::atomic<int64_t> in_place_override{0};
-// Layers whose merged kernel reads at most this many taps per pixel (on average over the
-// plane) go by channel blocks; NCHW inputs only on planes up to kMaxNchwPlane pixels.
-// See blocks_suit.
-constexpr double kMaxTapsPerPixel = 64;
-constexpr int64_t kMaxNchwPlane = 100;
-// The kernels read channels-last tensors in place (acu_cpu_inplace.h) when the merged
-// kernel leaves at least this share of an output row's pixels clear of the edges;
-// otherwise, at stride 1, they copy bands with zero borders (correlate, tap_dots). See
-// reads_in_place.
-constexpr double kMinInPlaceInterior = 0.75;
 // In place, a backward task takes this many blocks of channels (of one sample range).
 constexpr int64_t kDotsChunk = 8;
 // A backward task covers one of (at most) this many fixed sample ranges of a band.
@@ -55,9 +41,6 @@ constexpr int64_t kSampleRanges = 8;
 constexpr int64_t kBandElements = int64_t(64) << 10;
 // The widest band: enough channels per pixel for long copies from channels-last tensors.
 constexpr int64_t kMaxBandChannels = 512;
-// The platform's depthwise conv (oneDNN here) runs merged kernels up to this radius (7x7)
-// in float32. See platform_runs.
-constexpr int kMaxPlatformRadius = 3;
 
 // A band buffer holds channels [c0, c0 + nl) of one sample by blocks of L channels (the
 // vector width): block by block, pixel by pixel, L values per pixel (the lanes past nl
@@ -344,103 +327,18 @@ void tap_dots(const T* g, const T* x, const Plane& p, const Box& box, const RowS
 // layouts are transposed once by ATen (much faster than strided copies per band).
 at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
 
-// How many pixels of an output row (Wo of them) read only inside the input row.
-int inner_pixels(const Box& value, const Geometry& g) {
-  const int sc = static_cast<int>(g.stride_w), W = static_cast<int>(g.width);
-  const int lo = std::max(0, ceil_div(-value.c0, sc));
-  const int hi = std::min(static_cast<int>(g.out_w) - 1, floor_div(W - 1 - value.c1, sc));
-  return std::max(0, hi - lo + 1);
-}
-
-// Whether the kernel reads in place well: in place saves the band copies and reads the
-// interior by quads (acu_cpu_inplace.h), but pixels near the left and right edges gather
-// their taps into zero-padded runs, once per output row, which costs more than the copies
-// when they are many (the in-place vs bands figures are in bench/RESULTS.md).
-bool narrow_enough(const Box& value, const Geometry& g) {
-  return inner_pixels(value, g) >= kMinInPlaceInterior * static_cast<double>(g.out_w);
-}
-
-// In place or by bands (stride 1 only; strided layers always read in place).
-bool reads_in_place(const Box& value, const Geometry& g) {
-  if (g.stride_h != 1 || g.stride_w != 1) return true;
-  const int64_t mode = in_place_override.load();
-  if (mode != 0) return mode > 0;
-  return narrow_enough(value, g);
-}
-
-// Whether the platform's depthwise conv runs the forward with the merged kernel: its jit
-// kernels beat the channel blocks' forward up to 7x7, while its input gradient is no faster
-// than the blocks', so the backward stays with the blocks; wider boxes too (figures in
-// bench/RESULTS.md).
-bool platform_runs(const Box& value, at::ScalarType dtype) {
-  // No tap on the plane: nothing to hand over, unless a test forces it.
-  const int radius = value.empty() ? std::numeric_limits<int>::max()
-                                   : std::max({-value.r0, value.r1, -value.c0, value.c1});
-  return platform_conv_wanted(dtype, radius, kMaxPlatformRadius);
-}
-
-// The merged kernel (C, 1, 2a + 1, 2b + 1), centred on the origin tap, for the platform's
-// depthwise conv (a correlation: kernel[a + dr, b + dc] weighs the read at (dr, dc)).
-template <typename T>
-at::Tensor platform_kernel(const Merged<T>& m, const Geometry& g, const at::TensorOptions& opts) {
-  const Box& box = m.value;
-  const int a = box.empty() ? 0 : std::max(-box.r0, box.r1), b = box.empty() ? 0 : std::max(-box.c0, box.c1);
-  const int kh = 2 * a + 1, kw = 2 * b + 1;
-  at::Tensor weight = at::zeros({g.c_out, 1, kh, kw}, opts);
-  T* dst = weight.mutable_data_ptr<T>();
-  for (int dr = box.r0; dr <= box.r1; ++dr) {
-    for (int dc = box.c0; dc <= box.c1; ++dc) {
-      const T* src = m.kernel.data() + box.index(dr, dc) * m.cpad;
-      const int64_t at_tap = static_cast<int64_t>(dr + a) * kw + (dc + b);
-      for (int64_t c = 0; c < g.c_out; ++c) dst[c * kh * kw + at_tap] = src[c];
-    }
-  }
-  return weight;
-}
-
-}  // namespace
-
-void set_blocks_mode(int64_t mode) { mode_override.store(mode); }
-void set_in_place_mode(int64_t mode) { in_place_override.store(mode); }
-
-bool blocks_suit(const Geometry& g, const at::Tensor& positions, const at::Tensor& input) {
-  if (!is_depthwise(g)) return false;
-  const int64_t mode = mode_override.load();
-  if (mode != 0) return mode > 0;
-  // Each kernel works in its own format (blocks channels-last, planes NCHW) and pays two
-  // transposes for the other. The merged kernel costs its whole box at every pixel (less
-  // the rows and columns that fall off the plane); the plane kernels cost each synapse's
-  // own taps on planes padded by the box, and run long rows well. bench/depthwise_kernels.py
-  // (bench/RESULTS.md): on channels-last input blocks win up to ~64 taps per pixel, on
-  // every MobileNetV2 plane; on NCHW input they win on 7x7 and lose on 14x14 and larger.
-  // Strided layers read in place even with wide kernels: on channels-last input the plane
-  // kernels' transposes cost far more (C96 112x112 stride 2 at +-3: 57 vs 197 ms).
-  if (!is_channels_last(input) && g.height * g.width > kMaxNchwPlane) return false;
-  bool fits = false;
-  AT_DISPATCH_FLOATING_TYPES(positions.scalar_type(), "acu_blocks_suit", [&] {
-    const Box box = prepared<scalar_t>(positions, g).boxes.value;
-    auto on_plane = [](int lo, int hi, int64_t size) {
-      double sum = 0;
-      for (int d = lo; d <= hi; ++d) sum += std::max<int64_t>(0, size - std::abs(d));
-      return sum / static_cast<double>(size);
-    };
-    fits = on_plane(box.r0, box.r1, g.height) * on_plane(box.c0, box.c1, g.width) <= kMaxTapsPerPixel;
-  });
-  return fits;
-}
+// How the channel blocks read their planes: in place from the channels-last tensors (any
+// stride), or through band copies with zero borders (stride 1).
+enum class Scheme { in_place, bands };
 
 at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, const at::Tensor& positions,
-                          const std::optional<at::Tensor>& bias, const Geometry& g) {
+                          const std::optional<at::Tensor>& bias, const Geometry& g, Scheme scheme) {
   const at::Tensor input = channels_last(input_);
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_blocks_forward_cpu", [&] {
     using T = scalar_t;
     constexpr int64_t L = Lanes<T>::n;
     const Merged<T> m = merge(prepared<T>(positions, g), weight.const_data_ptr<T>(), g, L, true);
-    if (platform_runs(m.value, input.scalar_type())) {
-      out = platform_conv(input, platform_kernel(m, g, input.options()), bias, g);
-      return;
-    }
     out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
     std::vector<T> bias_lanes(bias.has_value() ? m.cpad : 0, T(0));
     if (bias.has_value()) std::copy_n(bias->const_data_ptr<T>(), g.c_out, bias_lanes.begin());
@@ -449,7 +347,7 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
     const Strides li = sample_strides(input), lo = sample_strides(out);
     const T* x = input.const_data_ptr<T>();
     T* y = out.mutable_data_ptr<T>();
-    if (reads_in_place(m.value, g)) {
+    if (scheme == Scheme::in_place) {
       const TapKernel<T> k{m.value, m.cpad, m.kernel.data()};
       const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
       const int sh = static_cast<int>(g.stride_h), sw = static_cast<int>(g.stride_w);
@@ -482,8 +380,6 @@ at::Tensor blocks_forward(const at::Tensor& input_, const at::Tensor& weight, co
   });
   return in_format_of(out, input_);
 }
-
-namespace {
 
 // What both backward schemes share: channels-last tensors, the merged kernel and boxes,
 // and the dots of every fixed sample range, (range, tap, channel), cpad channels apart.
@@ -609,11 +505,9 @@ void backward_by_bands(const Backward<T>& job) {
   });
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, const at::Tensor& input_,
                                                    const at::Tensor& weight, const at::Tensor& positions,
-                                                   const Geometry& g, bool need_x, bool need_sums) {
+                                                   const Geometry& g, bool need_x, bool need_sums, Scheme scheme) {
   const at::Tensor grad_out = channels_last(grad_out_);
   const auto cl = grad_out.options().memory_format(at::MemoryFormat::ChannelsLast);
   // The input is read only for the sums; its gradient takes its shape.
@@ -646,7 +540,7 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
                           per_range,
                           ranges,
                           need_sums ? dots.data() : nullptr};
-    if (reads_in_place(m.value, g)) {
+    if (scheme == Scheme::in_place) {
       backward_in_place(job);
     } else {
       backward_by_bands(job);
@@ -679,11 +573,35 @@ std::tuple<at::Tensor, at::Tensor> blocks_backward(const at::Tensor& grad_out_, 
   return {need_x ? in_format_of(gx, input_) : gx, sums};
 }
 
-}  // namespace acu
-
-// Test hooks: force the channel-block kernels on or off, and their reads in place or by
-// bands, so that tests cover every scheme on any plane.
-TORCH_LIBRARY_FRAGMENT(acuzoo, m) {
-  m.def("_set_cpu_depthwise_blocks(int mode) -> ()", &acu::set_blocks_mode);
-  m.def("_set_cpu_blocks_direct(int mode) -> ()", &acu::set_in_place_mode);
+Gradients blocks_gradients(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& positions, const Geometry& g, std::array<bool, 3> mask, Scheme scheme) {
+  const auto [gx, sums] = blocks_backward(grad_out, input, weight, positions, g, mask[0], mask[1] || mask[2], scheme);
+  return depthwise_gradients(gx, sums, g, mask, reduce_rows);
 }
+
+}  // namespace
+
+namespace cpu {
+
+at::Tensor depthwise_blocks_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                    const std::optional<at::Tensor>& bias, const Geometry& g) {
+  return blocks_forward(input, weight, positions, bias, g, Scheme::in_place);
+}
+
+Gradients depthwise_blocks_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                                    const at::Tensor& positions, const Geometry& g, std::array<bool, 3> mask) {
+  return blocks_gradients(grad_out, input, weight, positions, g, mask, Scheme::in_place);
+}
+
+at::Tensor depthwise_bands_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                   const std::optional<at::Tensor>& bias, const Geometry& g) {
+  return blocks_forward(input, weight, positions, bias, g, Scheme::bands);
+}
+
+Gradients depthwise_bands_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                                   const at::Tensor& positions, const Geometry& g, std::array<bool, 3> mask) {
+  return blocks_gradients(grad_out, input, weight, positions, g, mask, Scheme::bands);
+}
+
+}  // namespace cpu
+}  // namespace acu

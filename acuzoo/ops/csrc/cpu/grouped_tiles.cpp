@@ -10,18 +10,14 @@
 // The forward splits the work by tile. The backward gives each task whole samples (no
 // two tasks write the same input gradient) in a fixed number of sample blocks, whose
 // weight/position sums are then added in block order: bitwise reproducible.
-#include "grouped_tiles.h"
-
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
-#include "merged_conv.h"
-#include "taps.h"
 #include "../common/math.h"
+#include "kernels.h"
+#include "taps.h"
 
 namespace acu {
 namespace {
@@ -32,21 +28,13 @@ constexpr int64_t kDefaultTileElements = int64_t(128) << 10;
 // Weight/position gradients are summed per block of samples; a fixed count keeps the
 // summation order independent of the thread count (up to this many threads).
 constexpr int64_t kMinBlocks = 16;
-// Below this many channels per group a pixel's channel run is too short for vector
-// loops; the whole-batch columns path serves those layers.
-constexpr int64_t kMinChannelsPerGroup = 8;
-
-std::atomic<int64_t> tile_elements_override{0};
-std::atomic<int64_t> mode_override{0};
-
 struct Tiling {
   int64_t rows_per_tile, tiles;
 };
 
 Tiling tiling(const Geometry& g) {
-  const int64_t budget = tile_elements_override.load() > 0 ? tile_elements_override.load() : kDefaultTileElements;
   const int64_t col_width = g.c_per_group * g.synapses;
-  const int64_t r = std::clamp<int64_t>(budget / std::max<int64_t>(1, col_width * g.out_w), 1, g.out_h);
+  const int64_t r = std::clamp<int64_t>(kDefaultTileElements / std::max<int64_t>(1, col_width * g.out_w), 1, g.out_h);
   return {r, (g.out_h + r - 1) / r};
 }
 
@@ -291,73 +279,13 @@ at::Tensor pixels_by_channels(T* sample, const Strides& st, const Geometry& g, i
   return at::from_blob(sample + m0 * st.h + c0 * st.c, {npix, count}, {st.w, st.c}, opts);
 }
 
-at::MemoryFormat memory_format_of(const at::Tensor& t) {
-  return is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
-// A layer whose synapses all read within the 3x3 grid (at init, and wherever training leaves
-// the positions on it) is the 3x3 conv with its merged kernel: the platform's conv runs that
-// forward with no columns to fill (dense 64 -> 64, 32x32, batch 128: the columns' forward
-// took ~1.5x the conv's, bench/RESULTS.md). Wider kernels cost the conv more multiply-adds
-// than the columns' GEMM.
-constexpr int kMaxPlatformRadius = 1;
-
-// The merged kernel (C_out, C_in / groups, 2a + 1, 2b + 1) of Theorem 2, its centre the
-// origin tap, when the platform's conv should run it (platform_conv_wanted); else undefined.
-template <typename T>
-at::Tensor platform_kernel(const at::Tensor& weight_, const at::Tensor& positions, const Geometry& g) {
-  const int H = static_cast<int>(g.height), W = static_cast<int>(g.width);
-  const int64_t K = g.synapses, cpg = g.c_per_group, per_set = g.c_out / g.sets;
-  const auto taps = all_taps<T>(positions);
-  int a = 0, b = 0;
-  for_each_tap(taps.data(), g.sets * K, H, W, [&](int64_t, int dr, int dc, T cv, T, T) {
-    if (cv != T(0)) a = std::max(a, std::abs(dr)), b = std::max(b, std::abs(dc));
-  });
-  if (!platform_conv_wanted(weight_.scalar_type(), std::max(a, b), kMaxPlatformRadius)) return {};
-  const int kh = 2 * a + 1, kw = 2 * b + 1;
-  const at::Tensor weight = weight_.contiguous();
-  const T* w = weight.const_data_ptr<T>();
-  at::Tensor kernel = at::zeros({g.c_out, cpg, kh, kw}, weight.options());
-  T* dst = kernel.mutable_data_ptr<T>();
-  for (int64_t s = 0; s < g.sets; ++s) {
-    for_each_tap(&taps[2 * s * K], K, H, W, [&](int64_t k, int dr, int dc, T cv, T, T) {
-      if (cv == T(0)) return;
-      const int64_t at_tap = static_cast<int64_t>(dr + a) * kw + (dc + b);
-      for (int64_t oi = s * per_set * cpg; oi < (s + 1) * per_set * cpg; ++oi) {
-        dst[oi * kh * kw + at_tap] += w[oi * K + k] * cv;
-      }
-    });
-  }
-  return kernel;
-}
-
 // The weight as (C_out, K, C_in/groups): a pixel's columns run over channels per synapse.
 at::Tensor synapse_major(const at::Tensor& weight) { return weight.transpose(1, 2).contiguous(); }
-
-}  // namespace
-
-bool tiles_suit(const Geometry& g, bool backward) {
-  if (is_depthwise(g)) return false;
-  const int64_t mode = mode_override.load();
-  if (mode != 0) return mode > 0;
-  if (g.c_per_group < kMinChannelsPerGroup) return false;
-  return !backward || backward_blocks(g) >= at::get_num_threads();
-}
-
-void set_tiles_config(int64_t tile_elements, int64_t mode) {
-  tile_elements_override.store(tile_elements);
-  mode_override.store(mode);
-}
 
 at::Tensor tiles_forward(const at::Tensor& input_, const at::Tensor& weight, const at::Tensor& positions,
                          const std::optional<at::Tensor>& bias, const Geometry& g) {
   const at::MemoryFormat format = memory_format_of(input_);
   const at::Tensor input = input_.contiguous(format);
-  at::Tensor kernel;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_tiles_platform_kernel", [&] {
-    kernel = platform_kernel<scalar_t>(weight, positions, g);
-  });
-  if (kernel.defined()) return platform_conv(input, kernel, bias, g);
   at::Tensor out = at::empty({g.batch, g.c_out, g.out_h, g.out_w}, input.options().memory_format(format));
   const at::Tensor w_sk = synapse_major(weight);
   const Tiling t = tiling(g);
@@ -499,7 +427,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiles_backward(const at::Tensor& 
   return {grad_x, grad_w, grad_pos};
 }
 
-}  // namespace acu
+}  // namespace
 
-// Test hook: tile size and mode, so that tests cover many tiles per sample and both paths.
-TORCH_LIBRARY_FRAGMENT(acuzoo, m) { m.def("_set_cpu_tiles(int tile_elements, int mode) -> ()", &acu::set_tiles_config); }
+namespace cpu {
+
+at::Tensor grouped_tiles_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                 const std::optional<at::Tensor>& bias, const Geometry& g) {
+  return tiles_forward(input, weight, positions, bias, g);
+}
+
+Gradients grouped_tiles_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                                 const at::Tensor& positions, const Geometry& g, std::array<bool, 3> mask) {
+  return tiles_backward(grad_out, input, weight, positions, g, mask);
+}
+
+}  // namespace cpu
+}  // namespace acu

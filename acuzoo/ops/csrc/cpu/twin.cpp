@@ -8,7 +8,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "../common/driver.h"
+#include "../common/columns.h"
+#include "../common/depthwise.h"
 #include "../common/math.h"
 
 namespace acu {
@@ -24,8 +25,6 @@ inline Units twin_units(const Geometry& g) {
 }
 
 struct TwinBackend {
-  static constexpr bool kTiles = false;
-  static constexpr bool kBlocks = false;
   // Two chunks for any batch above one, so that the chunked columns code is exercised.
   static int64_t columns_chunk(const Geometry& g) { return std::max<int64_t>(1, (g.batch + 1) / 2); }
 
@@ -229,16 +228,32 @@ struct TwinBackend {
   static at::Tensor reduce_rows(const at::Tensor& partial) { return partial.sum(0); }
 };
 
+// The CUDA build's two kernel families, each where the CUDA op would run it: depthwise
+// layers by channel tables, the others by columns.
 at::Tensor twin_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride, int64_t groups) {
-  return forward<TwinBackend>(input, weight, positions, bias, stride, groups);
+  const Geometry g = make_geometry(input, weight, positions, stride, groups);
+  const Operands o = operands_for(input, weight, positions, bias);
+  const at::Tensor out = is_depthwise(g)
+                             ? TwinBackend::depthwise_forward(input.contiguous(), o.weight, o.positions, o.bias, g)
+                             : columns_forward<TwinBackend>(input, o.weight, o.positions, o.bias, g);
+  return in_format_of(out, input);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> twin_backward(const at::Tensor& grad_out, const at::Tensor& input,
-                                                             const at::Tensor& weight, const at::Tensor& positions,
-                                                             at::IntArrayRef stride, int64_t groups,
-                                                             std::array<bool, 3> mask) {
-  return backward<TwinBackend>(grad_out, input, weight, positions, stride, groups, mask);
+Gradients twin_backward(const at::Tensor& grad_out_, const at::Tensor& input, const at::Tensor& weight,
+                        const at::Tensor& positions, at::IntArrayRef stride, int64_t groups, std::array<bool, 3> mask) {
+  const Geometry g = make_geometry(input, weight, positions, stride, groups);
+  const Operands o = operands_for(input, weight, positions, std::nullopt);
+  const at::Tensor grad_out = grad_out_.to(input.scalar_type());
+  Gradients grads;
+  if (is_depthwise(g)) {
+    const auto [gx, sums] = TwinBackend::depthwise_backward(grad_out.contiguous(), input.contiguous(), o.weight,
+                                                            o.positions, g, mask[0], mask[1] || mask[2]);
+    grads = depthwise_gradients(gx, sums, g, mask, TwinBackend::reduce_rows);
+  } else {
+    grads = columns_backward<TwinBackend>(grad_out, input, o.weight, o.positions, g, mask);
+  }
+  return op_gradients(grads, input, weight, positions);
 }
 
 }  // namespace

@@ -14,7 +14,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <sstream>
 
+#include "../common/columns.h"
+#include "../common/depthwise.h"
 #include "../common/driver.h"
 #include "../common/math.h"
 
@@ -25,7 +28,8 @@ constexpr int kThreads = 256;        // power of two: the block reductions halve
 constexpr int64_t kChunk = 8192;     // output elements per block in the depthwise param grads
 constexpr int64_t kColumnsBytes = int64_t(256) << 20;  // cap on one chunk's bilinear columns
 // A depthwise block keeps its channel's table (~36 ints per synapse) in shared memory, whose
-// default limit is 48 KiB; acuzoo's dispatcher sends larger kernels to the dense path.
+// default limit is 48 KiB: cuda.depthwise serves layers up to this many synapses, and says
+// so through the op cuda_depthwise_max_synapses.
 constexpr int64_t kMaxDepthwiseSynapses = 300;
 
 inline int blocks_for(int64_t total) {
@@ -297,8 +301,6 @@ __global__ void reduce_rows_kernel(const A* __restrict__ partial, A* __restrict_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 struct CudaBackend {
-  static constexpr bool kTiles = false;
-  static constexpr bool kBlocks = false;
   static int64_t columns_chunk(const Geometry& g) {
     const int64_t per_sample = g.units * g.c_per_group * g.synapses * g.out_h * g.out_w * 8;
     return std::max<int64_t>(1, std::min<int64_t>(g.batch, kColumnsBytes / std::max<int64_t>(per_sample, 1)));
@@ -307,9 +309,6 @@ struct CudaBackend {
   // The channels' sparse tables: (ints, values), one row per channel.
   static std::pair<at::Tensor, at::Tensor> build_tables(const at::Tensor& weight, const at::Tensor& positions,
                                                         const Geometry& g, cudaStream_t stream) {
-    TORCH_CHECK(g.synapses <= kMaxDepthwiseSynapses, "acuzoo: the depthwise CUDA kernels take at most ",
-                kMaxDepthwiseSynapses, " synapses per channel (weight's last dimension), got ", g.synapses,
-                "; use active_conv2d(path=\"dense\")");
     const TableLayout t = TableLayout::of(g.synapses);
     at::Tensor ints = at::empty({g.c_in, t.ints()}, positions.options().dtype(at::kInt));
     at::Tensor vals = at::empty({g.c_in, t.values()}, positions.options());
@@ -477,19 +476,66 @@ struct CudaBackend {
   }
 };
 
-at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
-                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride, int64_t groups) {
-  return forward<CudaBackend>(input, weight, positions, bias, stride, groups);
+std::string unless_depthwise_in_table(const Geometry& g) {
+  std::string why = unless_depthwise(g);
+  if (!why.empty() || g.synapses <= kMaxDepthwiseSynapses) return why;
+  std::ostringstream out;
+  out << "serves at most " << kMaxDepthwiseSynapses << " synapses per channel (its shared-memory table), got "
+      << g.synapses;
+  return out.str();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
-    const at::Tensor& positions, at::IntArrayRef stride, int64_t groups, std::array<bool, 3> mask) {
-  return backward<CudaBackend>(grad_out, input, weight, positions, stride, groups, mask);
+at::Tensor cuda_depthwise_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                             const std::optional<at::Tensor>& bias, const Geometry& g) {
+  return CudaBackend::depthwise_forward(input.contiguous(), weight, positions, bias, g);
 }
+
+Gradients cuda_depthwise_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                             const at::Tensor& positions, const Geometry& g, std::array<bool, 3> mask) {
+  const auto [gx, sums] = CudaBackend::depthwise_backward(grad_out.contiguous(), input.contiguous(), weight, positions,
+                                                          g, mask[0], mask[1] || mask[2]);
+  return depthwise_gradients(gx, sums, g, mask, CudaBackend::reduce_rows);
+}
+
+at::Tensor cuda_columns_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                                const std::optional<at::Tensor>& bias, const Geometry& g) {
+  return columns_forward<CudaBackend>(input, weight, positions, bias, g);
+}
+
+Gradients cuda_columns_backward(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                                const at::Tensor& positions, const Geometry& g, std::array<bool, 3> mask) {
+  return columns_backward<CudaBackend>(grad_out, input, weight, positions, g, mask);
+}
+
+// The CUDA kernels by name.
+const KernelTable kCudaKernels{c10::DeviceType::CUDA,
+                               {
+                                   {"cuda.depthwise", unless_depthwise_in_table, cuda_depthwise_forward, cuda_depthwise_backward},
+                                   {"cuda.columns", nullptr, cuda_columns_forward, cuda_columns_backward},
+                               }};
+[[maybe_unused]] const bool kCudaKernelsRegistered = register_kernels(kCudaKernels);
+
+at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& positions,
+                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride, int64_t groups,
+                        c10::string_view forward_kernel, c10::string_view /*backward_kernel*/) {
+  return run_forward(c10::DeviceType::CUDA, input, weight, positions, bias, stride, groups, forward_kernel);
+}
+
+Gradients backward_cuda(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+                        const at::Tensor& positions, at::IntArrayRef stride, int64_t groups, std::array<bool, 3> mask,
+                        c10::string_view kernel) {
+  return run_backward(c10::DeviceType::CUDA, grad_out, input, weight, positions, stride, groups, mask, kernel);
+}
+
+int64_t cuda_depthwise_max_synapses() { return kMaxDepthwiseSynapses; }
 
 }  // namespace
 }  // namespace acu
+
+TORCH_LIBRARY_FRAGMENT(acuzoo, m) {
+  // The synapses per channel cuda.depthwise serves, for the plan (acuzoo/ops/plan.py).
+  m.def("cuda_depthwise_max_synapses() -> int", &acu::cuda_depthwise_max_synapses);
+}
 
 TORCH_LIBRARY_IMPL(acuzoo, CUDA, m) {
   m.impl("active_conv2d", &acu::forward_cuda);
