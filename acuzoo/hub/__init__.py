@@ -1,8 +1,10 @@
-"""Checkpoints: the registry of published weights, pretrained loading, weight conversion, export.
+"""Checkpoints: weight conversion, export, publishing; and, re-exported, the registry and the
+pretrained loader that the models use.
 
-Importing this package reads no file; the manifest is read when weights are asked for. The
-conversion and export modules (``acuzoo.hub.convert``, ``acuzoo.hub.export``) import the zoo and
-are imported on their own, so that the model files can use the loader without a cycle.
+Layering: ``hub`` imports ``models``, never the reverse. Reading the registry and loading a
+checkpoint at build time live in ``acuzoo.models._manifest`` and ``acuzoo.models._builder``;
+this package adds what writes files (``save_checkpoint``, manifest entries, conversion, export).
+Importing it reads no file; the manifest is read when weights are asked for.
 """
 
 from .manifest import ENV_VAR, CheckpointError, checkpoint_dir, find_entry, read_manifest, sha256_file

@@ -16,15 +16,14 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import BatchNormAct2d, ClassifierHead, get_device_dtype
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices  # not re-exported by timm.models
+from timm.layers import BatchNormAct2d, ClassifierHead
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ..hub.pretrained import build_zoo_model
-from ..hub.published import fmnist_cfg
 from ..nn import ActiveConv2d
-from ._common import MAX_NUM_CLASSES, check_int_range, check_model_args, zoo_cfg
+from ._common import build_family_model, check_model_args
+from ._pretrained import fmnist_cfg, zoo_cfg
+from ._zoo_api import ZooModel
 
 __all__ = ["CifarResNet", "PreActBottleneck", "create_spatial_conv"]
 
@@ -96,7 +95,7 @@ class PreActBottleneck(nn.Module):
         return x + shortcut
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ZooModel):
     """Bottleneck ResNet for 32x32 inputs, with ordinary or active spatial convs.
 
     Args:
@@ -114,6 +113,11 @@ class CifarResNet(nn.Module):
         global_pool: timm pooling type ('' keeps the feature map).
         drop_rate: dropout before the classifier.
     """
+
+    trunk_name = "stages"
+    stem_pattern = r"^stem\."
+    neck_pattern = r"^norm\."
+    neck_is_norm = True  # the final BN-ReLU
 
     def __init__(
         self,
@@ -144,7 +148,6 @@ class CifarResNet(nn.Module):
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
-        self.grad_checkpointing = False
 
         # Pre-activation: the first block's BN-ReLU follows the stem conv.
         self.stem = nn.Conv2d(in_chans, stem_width, 3, padding=1, bias=False, **dd)
@@ -175,6 +178,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.feature_ends = list(range(len(stages) + 1))  # the stem, then each stage
         self.num_features = prev_chs
         self.norm = BatchNormAct2d(prev_chs, **dd)  # the last block leaves its output un-normalized
         self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
@@ -191,119 +195,36 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.(\d+)", None), (r"^norm", (99999,))],
-        )
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        # ACU positions train without weight decay (DESIGN.md, Training conventions).
-        return {name for name, _ in self.named_parameters() if name.endswith(".positions")}
+    def forward_neck(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def prune_neck(self) -> None:
+        self.norm = nn.Identity()  # sized for, and applied to, the last stage only
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_int_range("num_classes", num_classes, 0, MAX_NUM_CLASSES)
-        self.num_classes = num_classes
-        # Take device and dtype from the body: a removed classifier has no parameters to ask.
-        self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
+    def reset_head(
+        self, num_classes: int, global_pool: str | None, device: torch.device | None, dtype: torch.dtype | None
+    ) -> None:
+        self.head.reset(num_classes, global_pool, in_features=self.num_features, device=device, dtype=dtype)
         self.head_hidden_size = self.head.num_features
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Features of the stem (index 0) and each stage (1..3), as timm defines it.
-
-        Args:
-            x: input images.
-            indices: last n features if int, all if None, else the listed indices.
-            norm: apply the final BN-ReLU to the last stage's feature.
-            stop_early: stop after the last requested feature.
-            output_fmt: only 'NCHW'.
-            intermediates_only: return the features alone.
-        """
-        assert output_fmt == "NCHW", "Output shape must be NCHW."
-        intermediates = []
-        last_idx = len(self.feature_info) - 1
-        take_indices, max_index = feature_take_indices(last_idx + 1, indices)
-
-        x = self.stem(x)
-        if 0 in take_indices:
-            intermediates.append(x)
-        if torch.jit.is_scripting() or not stop_early:  # can't slice modules in torchscript
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages, start=1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
-            else:
-                x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
-
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """Drop the stages (and norm, head) that the requested features don't need."""
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        prune_end = max_index < len(self.feature_info) - 1
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()  # sized for, and applied to, the last stage only
-        self.stages = self.stages[:max_index]
-        if prune_end:
-            # Features now end at the last kept tap; the head was sized for the last stage.
-            self.num_features = self.feature_info[max_index]["num_chs"]
-        if prune_head or prune_end:
-            self.reset_classifier(0, "")
-        return take_indices
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x, flatten=True)
-        else:
-            x = self.stages(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits) if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def create_cifar_model(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     """Build a registered CIFAR variant through timm (pretrained cfg, features_only, ...)."""
-    # Four features (stem + three stages) instead of timm's default five.
-    feature_cfg = dict(flatten_sequential=True, out_indices=(0, 1, 2, 3))
-    # Pretrained weights come from acuzoo's checkpoint registry (checked, never downloaded).
-    return build_zoo_model(CifarResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    # Four feature taps (the stem and three stages) instead of timm's default five.
+    return build_family_model(CifarResNet, variant, pretrained, num_taps=4, **kwargs)
 
 
 def cifar_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from timm.layers import make_divisible
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ._common import ZooNet, build_imagenet_model, check_model_args, depthwise_conv, imagenet_cfg
+from ._common import ZooNet, build_family_model, check_model_args, depthwise_conv
+from ._pretrained import imagenet_cfg
 
 __all__ = ["InceptionBN"]
 
@@ -69,9 +70,7 @@ class Inception(nn.Module):
         self.branch1 = ConvBnReLU(in_chs, c1, 1, **dd)
         self.branch3 = nn.Sequential(ConvBnReLU(in_chs, r3, 1, **dd), ConvBnReLU(r3, c3, 3, **dd))
         self.branch5 = nn.Sequential(ConvBnReLU(in_chs, r5, 1, **dd), ConvBnReLU(r5, c5, 5, **dd))
-        self.branch_pool = nn.Sequential(
-            nn.MaxPool2d(3, 1, 1, ceil_mode=True), ConvBnReLU(in_chs, cp, 1, **dd)
-        )
+        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), ConvBnReLU(in_chs, cp, 1, **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], 1)
@@ -97,6 +96,8 @@ def _pool(kernel_size: int = 3) -> nn.MaxPool2d:
 
 class InceptionBN(ZooNet):
     """GoogLeNet+BN; ``acu=True`` replaces every Inception module by a widened ``AcuBlock``."""
+
+    stem_pattern = r"^blocks\.[01]\."
 
     def __init__(
         self,
@@ -129,21 +130,16 @@ class InceptionBN(ZooNet):
                 in_chs = width
             stages.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*stages)
-        self.stage_ends = [0, 1, 2, 3, 4]
+        self.feature_ends = [1, 2, 3, 4, 5]  # after each stage
         chs = [64, 192] + [module_width(names[-1], acu) for names in STAGES]
         self.feature_info = [
             {"num_chs": c, "reduction": 2 ** (i + 1), "module": f"blocks.{i}"} for i, c in enumerate(chs)
         ]
         self.init_head(in_chs, num_classes, global_pool, drop_rate, **dd)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        blocks = r"^blocks\.([2-9])" if coarse else r"^blocks\.([2-9])\.(\d+)"
-        return {"stem": r"^blocks\.[01]\.", "blocks": blocks}
-
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> InceptionBN:
-    return build_imagenet_model(InceptionBN, variant, pretrained, **kwargs)
+    return build_family_model(InceptionBN, variant, pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -14,15 +14,13 @@ from timm.layers import make_divisible
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ..hub.published import fmnist_cfg
-from ._common import ZooNet, build_imagenet_model, check_model_args, depthwise_conv, imagenet_cfg
+from ._common import ZooNet, build_family_model, check_model_args, depthwise_conv
+from ._pretrained import fmnist_cfg, imagenet_cfg
 
 __all__ = ["MobileNetV2"]
 
 # (expansion t, output channels c, repeats n, first stride s), the original's Table 2.
-ARCH = (
-    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)
-)
+ARCH = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 STAGE_ENDS = (0, 1, 2, 4, 6)  # feature taps at strides 2, 4, 8, 16, 32, as timm's
 WIDTHS = {"080": 0.8, "100": 1.0, "120": 1.2, "140": 1.4}
 
@@ -70,7 +68,8 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(ZooNet):
     """MobileNetV2 at width multiplier ``width``; ``acu=True`` makes its depthwise convs ACUs."""
 
-    stem_pattern = r"^conv_stem|bn1"
+    stem_pattern = r"^(?:conv_stem|bn1)\."
+    neck_pattern = r"^(?:conv_head|bn2)\."
 
     def __init__(
         self,
@@ -113,7 +112,7 @@ class MobileNetV2(ZooNet):
                 tap = {"num_chs": out_chs, "reduction": reduction, "module": f"blocks.{index}"}
                 self.feature_info.append(tap)
         self.blocks = nn.Sequential(*stages)
-        self.stage_ends = list(STAGE_ENDS)
+        self.feature_ends = [end + 1 for end in STAGE_ENDS]
 
         head_chs = make_divisible(1280 * max(1.0, width))
         self.conv_head = nn.Conv2d(in_chs, head_chs, 1, bias=False, **dd)
@@ -132,7 +131,7 @@ class MobileNetV2(ZooNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MobileNetV2:
-    return build_imagenet_model(MobileNetV2, variant, pretrained, **kwargs)
+    return build_family_model(MobileNetV2, variant, pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

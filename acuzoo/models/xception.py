@@ -11,13 +11,15 @@ original order), ``blocks.13`` the exit convs (conv3, bn3, act3, conv4, bn4, act
 layout is timm's ``legacy_xception``'s, one block deeper in the names, so its weights convert.
 """
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from ._common import ZooNet, build_imagenet_model, check_model_args, depthwise_conv, imagenet_cfg
+from ._common import ZooNet, build_family_model, check_model_args, depthwise_conv
+from ._pretrained import imagenet_cfg
 
 __all__ = ["Xception"]
 
@@ -46,8 +48,15 @@ class Block(nn.Module):
     """A residual block of separable convs; with ``acu`` its last depthwise conv is an ACU."""
 
     def __init__(
-        self, in_chs: int, out_chs: int, reps: int, stride: int, start_relu: bool, grow_first: bool,
-        acu: bool, **dd: Any,
+        self,
+        in_chs: int,
+        out_chs: int,
+        reps: int,
+        stride: int,
+        start_relu: bool,
+        grow_first: bool,
+        acu: bool,
+        **dd: Any,
     ) -> None:
         super().__init__()
         if out_chs != in_chs or stride != 1:
@@ -85,6 +94,8 @@ def _conv_bn_relu(name: int, conv: nn.Module, chs: int, **dd: Any) -> list[tuple
 class Xception(ZooNet):
     """Xception; ``acu=True`` makes the last depthwise conv of each residual block an ACU."""
 
+    stem_pattern = r"^blocks\.0\."
+
     def __init__(
         self,
         acu: bool = False,
@@ -100,16 +111,13 @@ class Xception(ZooNet):
         dd = {"device": device, "dtype": dtype}
         self.in_chans = in_chans
         self.acu = acu
-        stem = nn.Sequential()
-        for name, module in _conv_bn_relu(1, nn.Conv2d(in_chans, 32, 3, 2, 0, bias=False, **dd), 32, **dd) + \
-                _conv_bn_relu(2, nn.Conv2d(32, 64, 3, bias=False, **dd), 64, **dd):
-            stem.add_module(name, module)
-        exit_flow = nn.Sequential()
-        for name, module in _conv_bn_relu(3, SeparableConv2d(1024, 1536, **dd), 1536, **dd) + \
-                _conv_bn_relu(4, SeparableConv2d(1536, 2048, **dd), 2048, **dd):
-            exit_flow.add_module(name, module)
-        self.blocks = nn.Sequential(stem, *(Block(*spec, acu, **dd) for spec in BLOCKS), exit_flow)
-        self.stage_ends = list(STAGE_ENDS)
+        stem = _conv_bn_relu(1, nn.Conv2d(in_chans, 32, 3, 2, 0, bias=False, **dd), 32, **dd)
+        stem += _conv_bn_relu(2, nn.Conv2d(32, 64, 3, bias=False, **dd), 64, **dd)
+        exit_flow = _conv_bn_relu(3, SeparableConv2d(1024, 1536, **dd), 1536, **dd)
+        exit_flow += _conv_bn_relu(4, SeparableConv2d(1536, 2048, **dd), 2048, **dd)
+        blocks = (Block(*spec, acu, **dd) for spec in BLOCKS)
+        self.blocks = nn.Sequential(nn.Sequential(OrderedDict(stem)), *blocks, nn.Sequential(OrderedDict(exit_flow)))
+        self.feature_ends = [end + 1 for end in STAGE_ENDS]
         chs = (64, 128, 256, 728, 2048)
         self.feature_info = [
             {"num_chs": c, "reduction": 2 ** (i + 1), "module": f"blocks.{b}"}
@@ -117,13 +125,9 @@ class Xception(ZooNet):
         ]
         self.init_head(2048, num_classes, global_pool, drop_rate, **dd)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return {"stem": r"^blocks\.0\.", "blocks": r"^blocks\.([1-9]\d*)"}
-
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> Xception:
-    return build_imagenet_model(Xception, variant, pretrained, **kwargs)
+    return build_family_model(Xception, variant, pretrained, **kwargs)
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -55,11 +55,11 @@ def finetuned(tmp_path_factory):
     handler = logging.Handler()
     handler.records = []
     handler.emit = handler.records.append
-    logging.getLogger("acuzoo.hub").addHandler(handler)
+    logging.getLogger("acuzoo").addHandler(handler)  # the loader logs under acuzoo.models
     try:
         cli = AcuzooCLI(args=args, run=False)
     finally:
-        logging.getLogger("acuzoo.hub").removeHandler(handler)
+        logging.getLogger("acuzoo").removeHandler(handler)
     before = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]["val/acc1"]
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     after = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]["val/acc1"]

@@ -154,7 +154,7 @@ def test_a_tensor_of_the_wrong_shape_is_refused(registry, make_model):
 
 def test_another_class_count_resets_the_classifier_and_says_so(registry, caplog, make_model):
     folder, published = registry
-    with caplog.at_level(logging.WARNING, logger="acuzoo.hub"):
+    with caplog.at_level(logging.WARNING, logger="acuzoo"):
         model = load_zoo_pretrained(make_model(num_classes=3), checkpoint_dir=folder)
     assert "classifier has 10 classes, the model 3: the classifier (head.fc) is reset" in caplog.text
     assert model.get_classifier().out_features == 3
@@ -164,7 +164,7 @@ def test_another_class_count_resets_the_classifier_and_says_so(registry, caplog,
 
 def test_the_same_class_count_keeps_the_classifier_silently(registry, caplog, make_model):
     folder, published = registry
-    with caplog.at_level(logging.WARNING, logger="acuzoo.hub"):
+    with caplog.at_level(logging.WARNING, logger="acuzoo"):
         model = load_zoo_pretrained(make_model(), checkpoint_dir=folder)
     assert "reset" not in caplog.text
     assert torch.equal(model.get_classifier().weight, published.get_classifier().weight)
