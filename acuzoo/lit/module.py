@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..models import list_models
+from ..models import is_zoo_model
 from ..nn import convert_to_acu, position_parameters
 from .optim import Schedule, build_schedule, parameter_groups
 from .weights import classifier_names, load_matching_weights, load_positions
@@ -207,7 +207,7 @@ def build_model(
     except Exception as err:
         # acuzoo's own models load from the local registry and say precisely what is wrong; timm's
         # would fetch from its hub, which offline machines cannot reach.
-        if not pretrained or model_name.partition(".")[0] in list_models():
+        if not pretrained or is_zoo_model(model_name):
             raise
         raise RuntimeError(
             f"could not load timm's pretrained weights for '{model_name}' ({type(err).__name__}: {err}); "

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from timm.layers import make_divisible
 from timm.models import generate_default_cfgs, register_model
+from timm.models._registry import register_model_deprecations  # not re-exported by timm.models
 from torch import nn
 
 from ._common import ZooNet, build_family_model, check_model_args, depthwise_conv
@@ -143,18 +144,11 @@ default_cfgs = generate_default_cfgs(
     # Published checkpoints first; '*' keeps in1k the default tag (timm prefers one with weights).
     {f"{n}.fmnist": _cfg(**fmnist_cfg(n), pool_size=(1, 1)) for n in _PUBLISHED}
     | {f"mobilenetv2_{kind}_{w}.in1k*": _cfg() for kind in ("acu", "conv") for w in WIDTHS}
-    | {"mobilenetv2_acu.in1k": _cfg()}
 )
 
 
 def _mnv2(name: str, kind: str, w: str, pretrained: bool, kwargs: dict[str, Any]) -> MobileNetV2:
     return _create(name, pretrained, width=WIDTHS[w], acu=kind == "acu", **kwargs)
-
-
-@register_model
-def mobilenetv2_acu(pretrained: bool = False, **kwargs: Any) -> MobileNetV2:
-    """MobileNetV2 x1.0 with depthwise ACUs (the same network as ``mobilenetv2_acu_100``)."""
-    return _mnv2("mobilenetv2_acu", "acu", "100", pretrained, kwargs)
 
 
 @register_model
@@ -203,3 +197,8 @@ def mobilenetv2_conv_120(pretrained: bool = False, **kwargs: Any) -> MobileNetV2
 def mobilenetv2_conv_140(pretrained: bool = False, **kwargs: Any) -> MobileNetV2:
     """MobileNetV2 x1.4, the baseline with depthwise convs."""
     return _mnv2("mobilenetv2_conv_140", "conv", "140", pretrained, kwargs)
+
+
+# Short names, timm's way: an alias builds its target (architecture, tags and pretrained weights
+# included) and is left out of timm.list_models, as timm's own renamed models are.
+register_model_deprecations(__name__, {"mobilenetv2_acu": "mobilenetv2_acu_100"})

@@ -38,13 +38,6 @@ def test_conv_baseline_has_no_acu() -> None:
     assert len(_depthwise_convs(model)) == 17
 
 
-def test_mobilenetv2_acu_is_the_width_one_network() -> None:
-    alias, x100 = timm.create_model("mobilenetv2_acu"), timm.create_model("mobilenetv2_acu_100")
-    assert {k: v.shape for k, v in alias.state_dict().items()} == {
-        k: v.shape for k, v in x100.state_dict().items()
-    }
-
-
 @pytest.mark.parametrize(("name", "head"), [("mobilenetv2_conv_080", 1280), ("mobilenetv2_conv_140", 1792)])
 def test_head_conv_scales_only_above_width_one(name: str, head: int) -> None:
     assert timm.create_model(name).num_features == head

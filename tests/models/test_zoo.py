@@ -14,13 +14,24 @@ import torch
 
 import acuzoo
 from acuzoo.models import list_models, resolve_model_name
+from acuzoo.models._manifest import CheckpointError
 from acuzoo.nn import ActiveConv2d
 
 ZOO = list_models()
 FAMILIES = {timm.models.model_entrypoint(name).__module__ for name in ZOO}
 ACU_MODELS = [name for name in ZOO if "acu" in name]
-CFG_FIELDS = ("input_size", "mean", "std", "crop_pct", "interpolation", "first_conv", "classifier",
-              "pool_size", "license", "tag")
+CFG_FIELDS = (
+    "input_size",
+    "mean",
+    "std",
+    "crop_pct",
+    "interpolation",
+    "first_conv",
+    "classifier",
+    "pool_size",
+    "license",
+    "tag",
+)
 
 
 def _smallest_per_family(names: list[str]) -> list[str]:
@@ -49,17 +60,70 @@ def _perturbed(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def test_list_models_lists_every_family_of_the_zoo() -> None:
-    expected = {f"acuzoo.models.{f}" for f in ("cifar_resnet", "cifar_resnext", "inception_bn",
-                                                "mobilenetv2", "xception")}
+    expected = {
+        f"acuzoo.models.{f}" for f in ("cifar_resnet", "cifar_resnext", "inception_bn", "mobilenetv2", "xception")
+    }
     assert expected == FAMILIES
 
 
 def test_list_models_is_reachable_as_acuzoo_models_list_models_and_filters() -> None:
     assert acuzoo.models.list_models("mobilenetv2_acu*") == [
-        "mobilenetv2_acu", "mobilenetv2_acu_080", "mobilenetv2_acu_100", "mobilenetv2_acu_120",
+        "mobilenetv2_acu_080",
+        "mobilenetv2_acu_100",
+        "mobilenetv2_acu_120",
         "mobilenetv2_acu_140",
     ]
     assert set(ACU_MODELS) <= set(timm.list_models("*acu*"))
+
+
+# --- Short names are timm's deprecation aliases: they build their target and are not listed ---
+
+
+def test_the_zoo_has_the_short_name_mobilenetv2_acu_for_the_width_one_network() -> None:
+    assert acuzoo.models.zoo_aliases() == {"mobilenetv2_acu": "mobilenetv2_acu_100"}
+
+
+@pytest.mark.parametrize(("alias", "target"), sorted(acuzoo.models.zoo_aliases().items()))
+def test_an_alias_is_a_timm_model_that_timm_does_not_list(alias: str, target: str) -> None:
+    assert timm.is_model(alias) and acuzoo.models.is_zoo_model(alias)
+    assert alias not in timm.list_models() and alias not in ZOO
+    assert not any(n.split(".")[0] == alias for n in timm.list_pretrained())
+    assert timm.models.get_deprecated_models()[alias] == target
+
+
+@pytest.mark.parametrize(("alias", "target"), sorted(acuzoo.models.zoo_aliases().items()))
+def test_an_alias_builds_its_target_with_the_targets_config(alias: str, target: str) -> None:
+    with pytest.warns(UserWarning, match=f"Mapping deprecated model name {alias} to current {target}"):
+        model = timm.create_model(alias, device="meta")
+    reference = timm.create_model(target, device="meta")
+    assert model.pretrained_cfg == reference.pretrained_cfg
+    shapes = [{k: v.shape for k, v in m.state_dict().items()} for m in (model, reference)]
+    assert shapes[0] == shapes[1]
+
+
+def test_an_alias_with_a_tag_loads_that_tags_published_weights() -> None:
+    with pytest.warns(UserWarning, match="Mapping deprecated model name"):
+        alias = timm.create_model("mobilenetv2_acu.fmnist", pretrained=True)
+    published = timm.create_model("mobilenetv2_acu_100.fmnist", pretrained=True)
+    assert alias.pretrained_cfg["architecture"] == "mobilenetv2_acu_100" and alias.pretrained_cfg["tag"] == "fmnist"
+    for (name, a), b in zip(alias.state_dict().items(), published.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_an_alias_without_a_tag_asks_for_its_targets_default_tag_as_the_target_does() -> None:
+    # The default tag is in1k (no published file): the same refusal, naming the published tag.
+    errors = []
+    for name in ("mobilenetv2_acu", "mobilenetv2_acu_100"):
+        with pytest.raises(CheckpointError) as info, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            timm.create_model(name, pretrained=True)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and "mobilenetv2_acu_100.fmnist" in errors[0]
+
+
+def test_resolve_model_name_turns_an_alias_into_its_target() -> None:
+    assert resolve_model_name("mobilenetv2_acu") == "mobilenetv2_acu_100"
+    assert resolve_model_name("mobilenetv2_acu.fmnist") == "mobilenetv2_acu_100.fmnist"
 
 
 @pytest.mark.parametrize("name", list_models(include_tags=True))
@@ -78,7 +142,9 @@ def test_every_model_has_a_tagged_config() -> None:
 def test_zoo_names_do_not_shadow_timm_models() -> None:
     timm_only = subprocess.run(
         [sys.executable, "-c", "import timm; print('\\n'.join(timm.list_models()))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert len(timm_only) > 1000
     assert set(ZOO).isdisjoint(timm_only)
