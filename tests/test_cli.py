@@ -29,6 +29,7 @@ def tiny_run(tmp_path: Path, *extra: str) -> list[str]:
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks+=acuzoo.lit.PositionLearningRate",  # the ACU positions' lr
         "--run_name=tiny",
         *extra,
     ]
@@ -104,6 +105,15 @@ def test_an_error_raised_while_fit_builds_the_model_is_one_line_without_tracebac
     errors = [line for line in lines if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("acuzoo fit: error:") and "no_such_model" in errors[0]
     assert not any("Traceback" in line for line in lines)
+
+
+def test_fit_refuses_trainable_positions_without_their_lr_callback_in_one_line(tmp_path, capsys):
+    argv = [a for a in tiny_run(tmp_path) if "PositionLearningRate" not in a]
+    lines = _error_lines(["fit", *argv], capsys)
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("acuzoo fit: error:")
+    assert "add acuzoo.lit.PositionLearningRate to trainer.callbacks" in errors[0]
+    assert not list(tmp_path.glob("**/*.ckpt"))
 
 
 def test_a_missing_file_in_convert_is_one_line_naming_it(tmp_path, capsys):

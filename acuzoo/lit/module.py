@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..models import is_zoo_model
 from ..nn import convert_to_acu, position_parameters
 from .optim import Schedule, build_schedule, parameter_groups
+from .position_lr import PositionLearningRate
 from .weights import classifier_names, load_matching_weights, load_positions
 
 Stage = Literal["train", "val", "test"]
@@ -40,7 +41,10 @@ class ImageClassifier(pl.LightningModule):
             initialised (ACU-Fixed, paper 3.2.2, with ``freeze_positions``).
         freeze_positions: positions never train (not given to the optimizer).
         label_smoothing: cross-entropy label smoothing.
-        lr, momentum, nesterov, weight_decay: SGD; positions are never decayed.
+        lr, momentum, nesterov, weight_decay: SGD for the weights. Trainable ACU positions need the
+            ``PositionLearningRate`` callback, the one owner of their group: it sets their lr
+            (``lr_mult`` x the weights' lr, at every step) and keeps them out of weight decay;
+            ``fit`` refuses to start without it.
         no_weight_decay_norm_bias: no weight decay on BN and bias parameters either.
         schedule: "multistep" (multiply by ``gamma`` at each of ``milestones``; default the CIFAR
             recipe's 32k and 48k steps), "linear" (to 0 over ``schedule_length``) or "constant".
@@ -146,6 +150,8 @@ class ImageClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # The data module is set up first (Lightning), so its class count is known here.
         check_data_classes(self.hparams.num_classes, self.trainer.datamodule)
+        if stage == "fit":
+            check_position_lr_owner(self.model, self.trainer.callbacks)
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
@@ -171,6 +177,20 @@ def check_input_size(input_size: Any) -> None:
             f"input_size must be a positive int (the square input side in pixels) or None for the model's "
             f"default, got {input_size!r}"
         )
+
+
+def check_position_lr_owner(model: nn.Module, callbacks: list[Any]) -> None:
+    """Refuse to train ACU positions without ``PositionLearningRate``: the optimizer
+    ``configure_optimizers`` makes leaves them out, and the callback alone gives them their group."""
+    if not any(p.requires_grad for p in position_parameters(model)):
+        return
+    if any(isinstance(c, PositionLearningRate) for c in callbacks):
+        return
+    raise ValueError(
+        "the model has trainable ACU positions but the trainer has no PositionLearningRate callback, which "
+        "gives them their optimizer group (lr = lr_mult x the weights' lr, no weight decay): add "
+        "acuzoo.lit.PositionLearningRate to trainer.callbacks, or freeze the positions (freeze_positions: true)"
+    )
 
 
 def check_data_classes(num_classes: int, datamodule: Any) -> None:

@@ -16,21 +16,22 @@ Schedule = Literal["multistep", "linear", "constant"]
 def parameter_groups(
     model: nn.Module, weight_decay: float, no_weight_decay_norm_bias: bool = False
 ) -> list[dict[str, Any]]:
-    """Trainable parameters in named groups: "decay", "no_decay" (BN and bias, when asked) and
-    "positions" (ACU positions, never decayed). Every group starts at the optimizer's lr; the
-    positions' share of it is ``PositionLearningRate``'s to set. Empty groups are left out."""
-    positions = [p for p in position_parameters(model) if p.requires_grad]
-    position_ids = {id(p) for p in positions}
+    """The trainable parameters other than ACU positions, in named groups: "decay" and "no_decay"
+    (BN and bias, when asked); every group at the optimizer's lr. Empty groups are left out.
+
+    The positions are left out on purpose: ``PositionLearningRate`` is their group's one owner (it
+    adds the group, at ``lr_mult`` x the weights' lr, without weight decay), so that their lr is
+    set in one place."""
+    positions = {id(p) for p in position_parameters(model)}
     decay, no_decay = [], []
     for p in model.parameters():
-        if not p.requires_grad or id(p) in position_ids:
+        if not p.requires_grad or id(p) in positions:
             continue
         # Norm scales/shifts and biases are the 0-/1-D parameters of a conv net.
         (no_decay if no_weight_decay_norm_bias and p.ndim <= 1 else decay).append(p)
     groups = [
         {"name": "decay", "params": decay, "weight_decay": weight_decay},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
-        {"name": "positions", "params": positions, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
 

@@ -77,11 +77,14 @@ def isolate_positions(
     positions: Iterable[torch.Tensor],
     lr_mult: float,
     schedulers: Iterable[Any] = (),
+    adopt: Iterable[torch.Tensor] = (),
 ) -> list[PositionGroup]:
     """Put ``positions`` in groups of their own with lr = ``lr_mult`` x the weights' lr and no
     weight decay; momentum and other settings are copied. A mixed group is split, the positions
     moving to a new group at the end that follows the group they left. A group made only of
     positions is rescaled in place and follows the optimizer's first group of other parameters.
+    ``adopt``: positions the optimizer does not hold yet; they get a new group at the end, named
+    "positions", that follows that first group of other parameters.
 
     ``schedulers`` (those stepping ``optimizer``) get their per-group state (base lrs, lr
     factors, momentum bounds) scaled or extended the same way, so that they keep stepping every
@@ -89,7 +92,8 @@ def isolate_positions(
     ``eps``) still move the ratio: ``follow_weights_lr`` restores it. Returns the positions'
     groups. Call once the optimizer and schedulers exist and before any optimizer state is loaded.
     """
-    ids = {id(p) for p in positions}
+    adopt = list(adopt)
+    ids = {id(p) for p in positions} | {id(p) for p in adopt}
     schedulers = list(schedulers)
     made: list[PositionGroup] = []
     only_positions: list[int] = []
@@ -103,16 +107,16 @@ def isolate_positions(
         if len(mine) == len(group["params"]):
             only_positions.append(index)
             continue
-        old_len = len(optimizer.param_groups)
         group["params"] = [p for p in group["params"] if id(p) not in ids]
-        new = _scaled(group, lr_mult, index)
-        new["name"] = f"{group.get('name', f'group{index}')}/positions"
-        optimizer.add_param_group({**new, "params": mine})
-        for scheduler in schedulers:
-            _extend_scheduler(scheduler, index, lr_mult, old_len)
-        made.append(PositionGroup(old_len, index))
+        made.append(
+            _add_group(optimizer, mine, index, f"{group.get('name', f'group{index}')}/positions", lr_mult, schedulers)
+        )
     # Once the mixed groups are split, any group not made of positions holds weights.
     follows = _first_group_without(optimizer, ids)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    adopted = [p for p in adopt if id(p) not in held]
+    if adopted:
+        made.append(_add_group(optimizer, adopted, follows, "positions", lr_mult, schedulers))
     for index in only_positions:
         optimizer.param_groups[index].update(_scaled(optimizer.param_groups[index], lr_mult, follows))
         for scheduler in schedulers:
@@ -127,6 +131,26 @@ def isolate_positions(
                 "configure_optimizers instead"
             )
     return made
+
+
+def _add_group(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    follows: int | None,
+    name: str,
+    lr_mult: float,
+    schedulers: list[Any],
+) -> PositionGroup:
+    """A new group of ``params`` at the end, a scaled copy of group ``follows`` (of the first group
+    when the optimizer holds no weights), with the schedulers' per-group state extended."""
+    model_index = 0 if follows is None else follows
+    old_len = len(optimizer.param_groups)
+    new = _scaled(optimizer.param_groups[model_index], lr_mult, follows)
+    new["name"] = name
+    optimizer.add_param_group({**new, "params": params})
+    for scheduler in schedulers:
+        _extend_scheduler(scheduler, model_index, lr_mult, old_len)
+    return PositionGroup(old_len, follows)
 
 
 def follow_weights_lr(optimizer: torch.optim.Optimizer, groups: Iterable[PositionGroup], lr_mult: float) -> None:

@@ -32,14 +32,17 @@ class PositionLearningRate(Callback):
     """Positions get lr = ``lr_mult`` x the weights' lr (paper: 1e-3 at base lr 0.1), weight
     decay 0 and the same momentum, at every optimizer step, whatever the scheduler.
 
-    This callback owns the positions' lr: whatever lr ``configure_optimizers`` gave them, it is
-    replaced. Positions sharing a group with weights move to a group of their own that follows
-    that group; a group of positions only follows the optimizer's first group of weights. The
-    schedulers' per-group state is extended to the new groups so that every scheduler keeps
-    stepping them, and right before each optimizer step (and after each scheduler step Lightning
-    makes, so loggers see it) the positions' lr is set from the weights' lr: schedules that are
-    not plain multiples of a base lr (``eta_min``, ReduceLROnPlateau's ``min_lr`` and ``eps``,
-    CyclicLR) cannot move the ratio. Resumed runs included.
+    This callback is the one owner of the positions' group and of its lr (``lr_mult`` is the only
+    setting of it): whatever lr ``configure_optimizers`` gave them, it is replaced. Positions that
+    no optimizer holds (``ImageClassifier`` leaves them out) get a group of their own in the first
+    optimizer, following its first group of weights; positions sharing a group with weights move
+    to a group of their own that follows that group; a group of positions only follows the
+    optimizer's first group of weights. The schedulers' per-group state is extended to the new
+    groups so that every scheduler keeps stepping them, and right before each optimizer step (and
+    after each scheduler step Lightning makes, so loggers see it) the positions' lr is set from
+    the weights' lr: schedules that are not plain multiples of a base lr (``eta_min``,
+    ReduceLROnPlateau's ``min_lr`` and ``eps``, CyclicLR) cannot move the ratio. Resumed runs
+    included.
 
     With ``normalize_grad`` each synapse's gradient is divided by its L2 norm in
     ``on_before_optimizer_step``. Lightning calls that hook once the gradient is complete: after
@@ -68,9 +71,12 @@ class PositionLearningRate(Callback):
         if not positions:
             rank_zero_warn("PositionLearningRate: the model has no trainable ACU positions; nothing to do")
             return
-        for optimizer in trainer.optimizers:
+        held = {id(p) for optimizer in trainer.optimizers for g in optimizer.param_groups for p in g["params"]}
+        unheld = [p for p in positions if id(p) not in held]
+        for index, optimizer in enumerate(trainer.optimizers):
             schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-            groups = isolate_positions(optimizer, positions, self.lr_mult, schedulers)
+            adopt = unheld if index == 0 else ()
+            groups = isolate_positions(optimizer, positions, self.lr_mult, schedulers, adopt=adopt)
             if not groups:
                 continue
             if any(g.follows is None for g in groups):

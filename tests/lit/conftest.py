@@ -17,7 +17,9 @@ from acuzoo.nn import ActiveConv2d
 
 class TinyACUModule(pl.LightningModule):
     """Two ACUs (one shared position set, one depthwise) and a head; SGD with momentum and
-    weight decay on ONE group holding everything, positions included, unless told otherwise."""
+    weight decay on ONE group holding everything, positions included, unless told otherwise:
+    ``separate_positions`` gives them a group of their own, ``leave_out_positions`` keeps them out
+    of the optimizer (as ``ImageClassifier`` does)."""
 
     def __init__(
         self,
@@ -25,6 +27,7 @@ class TinyACUModule(pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 0.1,
         separate_positions: bool = False,
+        leave_out_positions: bool = False,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         interval: str = "step",
     ) -> None:
@@ -40,6 +43,7 @@ class TinyACUModule(pl.LightningModule):
         )
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.separate_positions = separate_positions
+        self.leave_out_positions = leave_out_positions
         self.scheduler, self.interval = scheduler, interval
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,11 +54,13 @@ class TinyACUModule(pl.LightningModule):
         return nn.functional.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
+        positions = self.positions()
+        ids = {id(p) for p in positions}
+        rest = [p for p in self.parameters() if id(p) not in ids]
         if self.separate_positions:
-            positions = [m.positions for m in self.net if isinstance(m, ActiveConv2d)]
-            ids = {id(p) for p in positions}
-            rest = [p for p in self.parameters() if id(p) not in ids]
             params = [{"params": rest}, {"params": positions, "weight_decay": 0.0}]
+        elif self.leave_out_positions:
+            params = rest
         else:
             params = self.parameters()
         opt = torch.optim.SGD(

@@ -55,14 +55,15 @@ def test_data_config_carries_the_requested_channels_and_input_size():
     assert module.data_config["input_size"] == (1, 32, 32)
 
 
-def test_positions_never_get_weight_decay_and_norm_bias_only_when_asked():
+def test_parameter_groups_leave_positions_to_their_callback_and_norm_bias_undecayed_only_when_asked():
     module = ImageClassifier("cifar_resnet29_acu")
     model = module.model
-    ids = {id(p) for p in position_parameters(model)}
+    positions = {id(p) for p in position_parameters(model)}
     for no_norm_bias in (False, True):
         groups = {g["name"]: g for g in parameter_groups(model, 5e-4, no_norm_bias)}
-        assert {id(p) for p in groups["positions"]["params"]} == ids
-        assert groups["positions"]["weight_decay"] == 0.0
+        grouped = {id(p) for g in groups.values() for p in g["params"]}
+        assert not grouped & positions
+        assert grouped | positions == {id(p) for p in model.parameters()}
         decayed_1d = [p for p in groups["decay"]["params"] if p.ndim <= 1]
         assert (not decayed_1d) == no_norm_bias
         assert ("no_decay" in groups) == no_norm_bias

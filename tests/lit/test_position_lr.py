@@ -38,6 +38,19 @@ def test_positions_are_split_out_of_a_mixed_group_with_lr_mult_and_no_weight_dec
     assert not {id(p) for p in weights["params"]} & {id(p) for p in module.positions()}
 
 
+def test_positions_the_optimizer_does_not_hold_get_a_group_of_their_own(tiny_module, loader, trainer_factory):
+    module = tiny_module(lr=0.1, momentum=0.9, weight_decay=0.1, leave_out_positions=True)
+    trainer = trainer_factory(max_steps=1, callbacks=[PositionLearningRate(lr_mult=0.02)])
+    trainer.fit(module, loader())
+    optimizer = trainer.optimizers[0]
+    assert len(optimizer.param_groups) == 2
+    group = position_group(optimizer)
+    assert group is optimizer.param_groups[1] and group["name"] == "positions"
+    assert [id(p) for p in group["params"]] == [id(p) for p in module.positions()]
+    assert group["lr"] == pytest.approx(2e-3) and group["weight_decay"] == 0.0
+    assert group["momentum"] == 0.9 and group["nesterov"] is True
+
+
 def test_a_group_of_positions_only_is_rescaled_in_place(tiny_module, loader, trainer_factory):
     module = tiny_module(lr=0.1, separate_positions=True)
     trainer = trainer_factory(max_steps=1, callbacks=[PositionLearningRate(lr_mult=0.05)])
@@ -56,11 +69,16 @@ def test_a_group_of_positions_only_is_rescaled_in_place(tiny_module, loader, tra
     ],
     ids=["multistep-by-iterations", "linear-by-epochs"],
 )
-@pytest.mark.parametrize("separate", [False, True], ids=["split-group", "own-group"])
+@pytest.mark.parametrize("layout", ["mixed", "own", "left-out"], ids=["split-group", "own-group", "adopted"])
 def test_lr_ratio_holds_at_every_schedule_step(
-    tiny_module, loader, trainer_factory, recorder, scheduler, interval, steps, batches, separate
+    tiny_module, loader, trainer_factory, recorder, scheduler, interval, steps, batches, layout
 ):
-    module = tiny_module(scheduler=scheduler, interval=interval, separate_positions=separate)
+    module = tiny_module(
+        scheduler=scheduler,
+        interval=interval,
+        separate_positions=layout == "own",
+        leave_out_positions=layout == "left-out",
+    )
     trainer = trainer_factory(max_steps=steps, callbacks=[PositionLearningRate(lr_mult=0.01), recorder])
     trainer.fit(module, loader(batches=batches))
     assert len(recorder.lrs) == steps
@@ -187,9 +205,11 @@ def lrs_and_momentums(optimizer) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
-@pytest.mark.parametrize("separate", [False, True], ids=["split-group", "own-group"])
-def test_every_scheduler_keeps_positions_at_lr_mult_of_the_weights_at_every_step(tiny_module, name, separate):
-    module = tiny_module(separate_positions=separate, scheduler=SCHEDULERS[name])
+@pytest.mark.parametrize("layout", ["mixed", "own", "left-out"], ids=["split-group", "own-group", "adopted"])
+def test_every_scheduler_keeps_positions_at_lr_mult_of_the_weights_at_every_step(tiny_module, name, layout):
+    module = tiny_module(
+        separate_positions=layout == "own", leave_out_positions=layout == "left-out", scheduler=SCHEDULERS[name]
+    )
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     trainer = SimpleNamespace(optimizers=[optimizer], lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)])
