@@ -1,13 +1,20 @@
-"""The ACU operator: reference, PyTorch fast paths, native extension, and the dispatcher."""
+"""The ACU operator: reference, PyTorch paths, native kernels, and the kernel plan that
+chooses between them (``KERNELS``, ``explain``, ``force``)."""
 
 from .dense import extrapolated_kernel
-from .dispatch import PATHS, active_conv2d, choose_path
+from .dispatch import PATHS, active_conv2d
+from .plan import KERNELS, THRESHOLDS, Kernel, Plan, explain, force
 from .reference import reference_active_conv2d
 
 __all__ = [
+    "KERNELS",
     "PATHS",
+    "THRESHOLDS",
+    "Kernel",
+    "Plan",
     "active_conv2d",
-    "choose_path",
+    "explain",
     "extrapolated_kernel",
+    "force",
     "reference_active_conv2d",
 ]

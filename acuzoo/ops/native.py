@@ -42,8 +42,6 @@ from pathlib import Path
 
 import torch
 
-from .layout import memory_format_of
-
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
@@ -350,44 +348,47 @@ def native_active_conv2d(
     bias: torch.Tensor | None = None,
     stride: int | tuple[int, int] = 1,
     groups: int = 1,
+    forward_kernel: str | None = None,
+    backward_kernel: str | None = None,
 ) -> torch.Tensor:
     """The ACU through the native kernels (arguments already checked by the caller).
 
-    Differentiable in input, weight, positions and bias. Weight and bias are cast to the
-    input's dtype (autocast: fp16/bf16 input with fp32 parameters); positions stay in their
-    own dtype (float32/float64) and the kernels compute taps and accumulate in fp32 (fp64
-    for float64 input). Input may be channels_last or non-contiguous: it is made contiguous.
+    ``forward_kernel``/``backward_kernel``: names from ``acuzoo.ops.KERNELS``; None: the
+    plan's choice among the native kernels (``acuzoo.ops.force`` applies). Differentiable in input, weight, positions and
+    bias. Weight and bias are cast to the input's dtype (autocast: fp16/bf16 input with fp32
+    parameters); positions stay in their own dtype (float32/float64) and the kernels compute
+    taps and accumulate in fp32 (fp64 for float64 input). The output and the input gradient
+    take the input's memory format.
     """
     # The global test keeps torch.compile out of load()'s lock once the library is in.
     if _loaded is None and load() is None:
         raise RuntimeError("acuzoo native extension is not available; see the log for why")
     if isinstance(stride, int):
         stride = (stride, stride)
-    if input.shape[0] == 0:
-        # The kernels divide the work by the batch; an empty batch never reaches them.
-        return _EmptyBatch.apply(input, weight, positions, bias, stride)
+    if forward_kernel is None or backward_kernel is None:
+        from .plan import apply_forced, describe_call, forced, plan_call
+
+        call = describe_call(input, weight, positions, tuple(stride), groups, native=True)
+        max_synapses = cuda_depthwise_max_synapses() if input.device.type == "cuda" else None
+        plan = apply_forced(call, plan_call(call, max_synapses, allow_pytorch=False), *forced())
+        forward_kernel = forward_kernel or plan.forward
+        backward_kernel = backward_kernel or plan.backward
     weight = weight.to(input.dtype)
     if bias is not None:
         bias = bias.to(input.dtype)
-    return torch.ops.acuzoo.active_conv2d(input, weight, positions, bias, list(stride), groups)
+    return torch.ops.acuzoo.active_conv2d(
+        input, weight, positions, bias, list(stride), groups, forward_kernel, backward_kernel
+    )
 
 
-class _EmptyBatch(torch.autograd.Function):
-    """The ACU of an empty batch, as nn.Conv2d gives it: an empty output in the input's memory
-    format, an empty input gradient, and zero gradients for weight, positions and bias."""
+_cuda_limit: list[int] = []
 
-    @staticmethod
-    def forward(ctx, input, weight, positions, bias, stride):
-        ctx.save_for_backward(input, weight, positions, bias)
-        h, w = input.shape[-2:]
-        shape = (0, weight.shape[0], (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1)
-        return input.new_empty(shape).contiguous(memory_format=memory_format_of(input))
 
-    @staticmethod
-    def backward(ctx, grad):
-        input, weight, positions, bias = ctx.saved_tensors
-        grad_bias = torch.zeros_like(bias) if bias is not None else None
-        return torch.zeros_like(input), torch.zeros_like(weight), torch.zeros_like(positions), grad_bias, None
+def cuda_depthwise_max_synapses() -> int | None:
+    """The CUDA depthwise kernels' table limit (synapses per channel), as the library states it."""
+    if not _cuda_limit and _loaded == "cuda" and hasattr(torch.ops.acuzoo, "cuda_depthwise_max_synapses"):
+        _cuda_limit.append(int(torch.ops.acuzoo.cuda_depthwise_max_synapses()))
+    return _cuda_limit[0] if _cuda_limit else None
 
 
 def library_info() -> dict[str, object]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -41,13 +39,10 @@ def check_active_conv2d_args(
     if input.dim() != 4:
         raise ValueError(f"input must be 4-D (N, C_in, H, W), got shape {tuple(input.shape)}")
     if weight.dim() != 3:
-        raise ValueError(
-            f"weight must be 3-D (C_out, C_in // groups, K), got shape {tuple(weight.shape)}"
-        )
+        raise ValueError(f"weight must be 3-D (C_out, C_in // groups, K), got shape {tuple(weight.shape)}")
     if positions.dim() != 3 or positions.shape[-1] != 2:
         raise ValueError(
-            f"positions must be 3-D (P, K, 2) of (row, column) displacements, "
-            f"got shape {tuple(positions.shape)}"
+            f"positions must be 3-D (P, K, 2) of (row, column) displacements, got shape {tuple(positions.shape)}"
         )
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"groups must be an int >= 1, got {groups!r}")
@@ -67,13 +62,9 @@ def check_active_conv2d_args(
             f"C_in={c_in}, groups={groups}; got {tuple(weight.shape)}"
         )
     if k_pos != k:
-        raise ValueError(
-            f"positions has K={k_pos} synapses per set but weight has K={k}; they must match"
-        )
+        raise ValueError(f"positions has K={k_pos} synapses per set but weight has K={k}; they must match")
     if p < 1 or c_out % p:
-        raise ValueError(
-            f"positions has P={p} position sets; P must divide weight's C_out ({c_out})"
-        )
+        raise ValueError(f"positions has P={p} position sets; P must divide weight's C_out ({c_out})")
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (c_out,)):
         shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
         raise ValueError(f"bias must have shape ({c_out},), got {shape}")
@@ -89,11 +80,3 @@ def check_active_conv2d_args(
             f"weight and bias must have input's dtype ({input.dtype}), got weight "
             f"{weight.dtype}" + (f", bias {bias.dtype}" if bias is not None else "")
         )
-    # Meta tensors (shape propagation, timm's meta-device model checks) have no values. One
-    # sum carries any NaN or infinity (inf - inf is NaN) and costs a fraction of an
-    # elementwise isfinite (~70 us on a 960-channel layer); finite positions large enough
-    # to overflow it (~1e34) are refused too, rightly: no kernel could index them. Detached
-    # and tested as a Python float: torch.isfinite on the 0-d sum ran four small ops and the
-    # sum recorded an autograd node, ~40 us a call together.
-    if not positions.is_meta and not math.isfinite(positions.detach().sum().item()):
-        raise ValueError("positions must be finite; got NaN or infinity")

@@ -19,8 +19,11 @@ def _ok():
         (lambda x, w, p: (x, w, p[:, :8]), ValueError, r"positions has K=8 .* weight has K=9"),
         (lambda x, w, p: (x, w, torch.zeros(3, 9, 2)), ValueError, r"P=3 .* must divide weight's C_out \(4\)"),
         (lambda x, w, p: (x, w[:, :1], p), ValueError, r"weight must have shape \(C_out, C_in // groups, K\)"),
-        (lambda x, w, p: (x, w, p.index_fill(0, torch.tensor([0]), float("nan"))), ValueError,
-         r"positions must be finite"),
+        (
+            lambda x, w, p: (x, w, p.index_fill(0, torch.tensor([0]), float("nan"))),
+            ValueError,
+            r"positions must be finite",
+        ),
         (lambda x, w, p: (x, w.double(), p), TypeError, r"weight and bias must have input's dtype"),
         (lambda x, w, p: (x.long(), w, p), TypeError, r"input must be a floating-point tensor"),
         (lambda x, w, p: (x, w, p.to("meta")), ValueError, r"all tensors must be on one device"),

@@ -1,11 +1,22 @@
-"""float32, autocast and the automatic choice of path."""
+"""float32, autocast and the kernel plan's choice between the PyTorch and native paths."""
 
-from types import SimpleNamespace
+import dataclasses
 
 import pytest
 import torch
 
-from acuzoo.ops import active_conv2d, choose_path, reference_active_conv2d
+from acuzoo.ops import KERNELS, active_conv2d, reference_active_conv2d
+from acuzoo.ops.plan import describe_call, plan_call
+
+
+def plan_of(x, w, pos, groups, native, stride=(1, 1), device_type="cpu"):
+    call = describe_call(x, w, pos, stride, groups, native)
+    return plan_call(dataclasses.replace(call, device_type=device_type), cuda_depthwise_max_synapses=300)
+
+
+def choice(plan) -> str:
+    """ "dense" / "columns" for the PyTorch paths, "native" for any native pair."""
+    return "native" if KERNELS[plan.forward].native else plan.forward
 
 
 def _case(c=8, groups=8, p=8, spread=1.5, dtype=torch.float32, seed=0):
@@ -48,30 +59,30 @@ def test_auto_prefers_columns_once_the_dense_box_explodes():
     w = torch.randn(64, 64, 9)
     pos = (torch.rand(1, 9, 2) * 2 - 1) * 12
     pos[0, 0] = torch.tensor([12.0, -12.0])
-    assert choose_path(x, w, pos, 1, native=False) == "columns"
+    assert choice(plan_of(x, w, pos, 1, native=False)) == "columns"
 
 
 def test_auto_prefers_native_kernels_for_depthwise_layers_on_large_planes_when_built():
     x = torch.randn(2, 64, 14, 14)
     w = torch.randn(64, 1, 9)
     grid = torch.tensor([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)
-    assert choose_path(x, w, grid.expand(64, 9, 2), 64, native=True) == "native"
+    assert choice(plan_of(x, w, grid.expand(64, 9, 2), 64, native=True)) == "native"
 
 
 def test_auto_keeps_dense_for_small_strided_depthwise_planes_until_the_box_outgrows_5x5():
     x = torch.randn(2, 64, 8, 8)
     w = torch.randn(64, 1, 9)
     pos = (torch.rand(64, 9, 2) * 2 - 1) * 1.9
-    assert choose_path(x, w, pos, 64, native=True, stride=(2, 2)) == "dense"
+    assert choice(plan_of(x, w, pos, 64, native=True, stride=(2, 2))) == "dense"
     pos[0, 0] = torch.tensor([2.5, -2.5])
-    assert choose_path(x, w, pos, 64, native=True, stride=(2, 2)) == "native"
+    assert choice(plan_of(x, w, pos, 64, native=True, stride=(2, 2))) == "native"
 
 
 def test_auto_takes_native_channel_blocks_for_small_depthwise_planes_at_stride_1():
     x = torch.randn(2, 64, 4, 4)
     w = torch.randn(64, 1, 9)
     pos = (torch.rand(64, 9, 2) * 2 - 1) * 1.9
-    assert choose_path(x, w, pos, 64, native=True) == "native"
+    assert choice(plan_of(x, w, pos, 64, native=True)) == "native"
 
 
 def test_auto_prefers_native_columns_for_a_shared_layer_with_wide_spread_when_built():
@@ -79,7 +90,7 @@ def test_auto_prefers_native_columns_for_a_shared_layer_with_wide_spread_when_bu
     w = torch.randn(64, 64, 9)
     pos = (torch.rand(1, 9, 2) * 2 - 1) * 3
     pos[0, 0] = torch.tensor([3.0, -3.0])
-    assert choose_path(x, w, pos, 1, native=True) == "native"
+    assert choice(plan_of(x, w, pos, 1, native=True)) == "native"
 
 
 def test_auto_takes_native_tiles_for_float32_layers_on_the_grid():
@@ -87,32 +98,33 @@ def test_auto_takes_native_tiles_for_float32_layers_on_the_grid():
     # and groups too narrow for tiles keep the dense path.
     grid = torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)[None]
     x, w = torch.randn(2, 64, 16, 16), torch.randn(64, 64, 9)
-    assert choose_path(x, w, grid, 1, native=True) == "native"
-    assert choose_path(x.double(), w.double(), grid.double(), 1, native=True) == "dense"
-    assert choose_path(x, torch.randn(64, 4, 9), grid, 16, native=True) == "dense"
+    assert choice(plan_of(x, w, grid, 1, native=True)) == "native"
+    assert choice(plan_of(x.double(), w.double(), grid.double(), 1, native=True)) == "dense"
+    assert choice(plan_of(x, torch.randn(64, 4, 9), grid, 16, native=True)) == "dense"
 
 
 def test_on_cuda_auto_takes_native_kernels_unless_a_depthwise_table_outgrows_shared_memory():
-    # choose_path reads only the device type and the shape of x: no GPU is needed to test it.
-    x = SimpleNamespace(device=torch.device("cuda"), shape=(2, 8, 32, 32))
-    for k, want in ((9, "native"), (289, "native"), (324, "dense")):
+    # The plan reads only the call's description: no GPU is needed to test it.
+    x = torch.randn(2, 8, 32, 32)
+    for k, want in ((9, "cuda.depthwise"), (289, "cuda.depthwise"), (324, "dense")):
         w, pos = torch.randn(8, 1, k), torch.zeros(8, k, 2)
-        assert choose_path(x, w, pos, 8, native=True) == want, k
-    assert choose_path(x, torch.randn(8, 8, 324), torch.zeros(1, 324, 2), 1, native=True) == "native"
+        assert plan_of(x, w, pos, 8, native=True, device_type="cuda").forward == want, k
+    plan = plan_of(x, torch.randn(8, 8, 324), torch.zeros(1, 324, 2), 1, native=True, device_type="cuda")
+    assert plan.forward == plan.backward == "cuda.columns"
 
 
 def test_auto_prefers_dense_for_depthwise_layers_without_native_kernels():
     x = torch.randn(2, 64, 16, 16)
     w = torch.randn(64, 1, 9)
     pos = (torch.rand(64, 9, 2) * 2 - 1) * 3
-    assert choose_path(x, w, pos, 64, native=False) == "dense"
+    assert choice(plan_of(x, w, pos, 64, native=False)) == "dense"
 
 
 def test_auto_prefers_dense_for_a_shared_layer_on_its_grid_without_native_kernels():
     x = torch.randn(2, 64, 16, 16)
     w = torch.randn(64, 64, 9)
     grid = torch.tensor([[i, j] for i in (-1, 0, 1) for j in (-1, 0, 1)], dtype=torch.float32)
-    assert choose_path(x, w, grid[None], 1, native=False) == "dense"
+    assert choice(plan_of(x, w, grid[None], 1, native=False)) == "dense"
 
 
 def test_meta_tensors_propagate_the_output_shape():

@@ -7,13 +7,14 @@ with ``ACUZOO_NATIVE=0``), simulated by patching the dispatcher's ``native_serve
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import dataclasses
 
 import pytest
 import torch
 
-from acuzoo.ops import active_conv2d, choose_path, dispatch, reference_active_conv2d
+from acuzoo.ops import active_conv2d, dispatch, reference_active_conv2d
 from acuzoo.ops.dense import DENSE_MAX_KERNEL_ELEMENTS
+from acuzoo.ops.plan import describe_call, plan_call
 
 PATHS = ["reference", "dense", "columns", "native", "auto", "auto_without_native"]
 # (C_in, C_out, groups, P)
@@ -151,17 +152,22 @@ def largest_allocation(fn) -> int:
 def test_without_native_kernels_auto_never_picks_the_dense_path_for_a_far_synapse(layout):
     c_in, c_out, groups, p = LAYOUTS[layout]
     x, weight = torch.randn(2, c_in, 8, 8), torch.randn(c_out, c_in // groups, 9)
-    choice = choose_path(x, weight, far_positions(p).float(), groups, native=False)
-    assert choice == "columns"
+    plan = plan_call(describe_call(x, weight, far_positions(p).float(), (1, 1), groups, native=False))
+    assert plan.forward == plan.backward == "columns"
 
 
 def test_on_cuda_a_large_depthwise_kernel_with_a_far_synapse_does_not_take_the_dense_path():
     # Beyond the CUDA kernels' shared-memory table the dense path serves, unless it is huge.
-    x = SimpleNamespace(device=torch.device("cuda"), shape=(2, 8, 32, 32))
+    x = torch.randn(2, 8, 32, 32)
     weight, positions = torch.randn(8, 1, 324), torch.zeros(8, 324, 2)
-    assert choose_path(x, weight, positions, 8, native=True) == "dense"
+
+    def plan():
+        call = dataclasses.replace(describe_call(x, weight, positions, (1, 1), 8, native=True), device_type="cuda")
+        return plan_call(call, cuda_depthwise_max_synapses=300).forward
+
+    assert plan() == "dense"
     positions[:, 0, 0] = FAR
-    assert choose_path(x, weight, positions, 8, native=True) == "columns"
+    assert plan() == "cuda.columns"
 
 
 def test_a_forced_dense_path_refuses_a_huge_kernel_naming_its_size_and_the_limit():

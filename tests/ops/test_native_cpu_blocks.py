@@ -1,12 +1,7 @@
-"""The depthwise CPU kernels at stride 1: channel blocks (merged dense kernel, channels as
-vector lanes) and the plane kernels they replace where the merged kernel is small.
-
-``acuzoo::_set_cpu_depthwise_blocks`` forces one or the other (1 blocks, -1 planes, 0 the
-cost rule), ``acuzoo::_set_cpu_blocks_direct`` the blocks' forward reads (1 in place
-from the channels-last input, -1 through zero-bordered band copies), and
-``acuzoo::_set_cpu_platform_conv`` whether the blocks hand the merged kernel to the
-platform's depthwise conv for the forward (1 always, in any dtype, -1 never), so every
-variant is held to the reference on every shape here.
+"""The depthwise CPU kernels: channel blocks (merged dense kernel, channels as vector
+lanes; read in place or by bands), the plane kernels, and the merged kernel run by the
+platform's conv for the forward. ``acuzoo.ops.force`` runs each, so every variant is held
+to the reference on every shape here.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from functools import partial
 import pytest
 import torch
 
-from acuzoo.ops import active_conv2d, native
+from acuzoo.ops import active_conv2d, explain, force, native
 from acuzoo.ops.reference import reference_active_conv2d
 
 from .test_native_cpu import (
@@ -30,7 +25,7 @@ from .test_native_cpu import (
 )
 
 # (n, c_in, c_out, h, w, groups, sets, stride), all depthwise. Strided layers have no band
-# scheme: there the blocks always read in place, whatever the reads hook says.
+# scheme: the bands serve stride 1 only.
 DEPTHWISE = {
     "per_channel": (2, 6, 6, 7, 8, 6, 6, 1),
     "shared_P1": (1, 4, 4, 6, 5, 4, 1, 1),
@@ -49,41 +44,41 @@ DEPTHWISE = {
     "quads_stride2": (1, 40, 40, 7, 14, 40, 40, 2),
 }
 SPREADS = {"grid": None, "inside": 0.9, "1.5": 1.5, "4": 4.0, "far": 12.0}
-# (blocks mode, reads mode, platform conv mode)
+# (forward, backward) forced
 MODES = {
-    "blocks_in_place": (1, 1, -1),
-    "blocks_bands": (1, -1, -1),
-    "planes": (-1, 0, 0),
-    "platform_forward": (1, 1, 1),  # the backward as blocks_in_place
+    "blocks_in_place": ("cpu.depthwise_blocks", "cpu.depthwise_blocks"),
+    "blocks_bands": ("cpu.depthwise_bands", "cpu.depthwise_bands"),
+    "planes": ("cpu.depthwise_planes", "cpu.depthwise_planes"),
+    "merged_conv_forward": ("cpu.merged_conv", "cpu.depthwise_blocks"),
 }
-# (reads mode, platform conv mode) with the blocks forced
-READS = {"in_place": (1, -1), "bands": (-1, -1), "platform": (1, 1)}
+BLOCKS = {name: MODES[name] for name in ("blocks_in_place", "blocks_bands", "merged_conv_forward")}
 
 
-def set_mode(mode: int, reads: int = 0, platform: int = 0) -> None:
-    torch.ops.acuzoo._set_cpu_depthwise_blocks(mode)
-    torch.ops.acuzoo._set_cpu_blocks_direct(reads)
-    torch.ops.acuzoo._set_cpu_platform_conv(platform)
+def serves(mode, case) -> bool:
+    stride = case[-1]
+    return mode[0] != "cpu.depthwise_bands" or stride in (1, (1, 1))
 
 
-@pytest.fixture(params=MODES.values(), ids=MODES.keys())
-def mode(request, ext):
-    set_mode(*request.param)
-    yield request.param
-    set_mode(0)
-
-
-@pytest.fixture(params=READS.values(), ids=READS.keys())
+@pytest.fixture(params=BLOCKS.values(), ids=BLOCKS.keys())
 def forced_blocks(request, ext):
-    set_mode(1, *request.param)
-    yield
-    set_mode(0)
+    forward, backward = request.param
+    with force(forward=forward, backward=backward):
+        yield
 
 
 @pytest.mark.parametrize("spread", SPREADS.values(), ids=SPREADS.keys())
-@pytest.mark.parametrize("case", DEPTHWISE.values(), ids=DEPTHWISE.keys())
-def test_both_depthwise_kernels_equal_reference(mode, case, spread):
-    assert_native_equals_reference(make_args(case, spread))
+@pytest.mark.parametrize(
+    "mode, case",
+    [
+        pytest.param(mode, case, id=f"{mid}-{cid}")
+        for mid, mode in MODES.items()
+        for cid, case in DEPTHWISE.items()
+        if serves(mode, case)
+    ],
+)
+def test_every_depthwise_kernel_equals_reference(ext, mode, case, spread):
+    with force(forward=mode[0], backward=mode[1]):
+        assert_native_equals_reference(make_args(case, spread))
 
 
 @pytest.mark.parametrize("spread", [None, 1.5], ids=["grid", "1.5"])
@@ -100,7 +95,7 @@ def test_blocks_split_wide_layers_into_bands_of_channels(forced_blocks, spread):
         assert all(max_err(a, b) < TOL for a, b in zip(got, want))
 
 
-@pytest.mark.parametrize("case", DEPTHWISE.values(), ids=DEPTHWISE.keys())
+@pytest.mark.parametrize("case", [c for c in DEPTHWISE.values() if c[-1] == 1])
 def test_blocks_read_and_write_either_memory_format(forced_blocks, case):
     x, *rest = make_args(case, 1.5)
     ref, want = grads(reference_active_conv2d, x, *rest)
@@ -147,27 +142,20 @@ def test_blocks_gradients_are_bitwise_the_same_whatever_the_thread_count(forced_
     assert all(torch.equal(a, b) for a, b in zip(two, again))
 
 
-def _run(mode: int, args):
-    set_mode(mode)
-    try:
-        return grads(native.native_active_conv2d, *args)
-    finally:
-        set_mode(0)
-
-
 CL, NCHW = torch.channels_last, torch.contiguous_format
+BLOCK_KERNELS = ("cpu.depthwise_blocks", "cpu.depthwise_bands")
 
 
 @pytest.mark.parametrize(
-    ("fmt", "size", "spread", "stride", "expected"),
+    ("fmt", "size", "spread", "stride", "blocks"),
     [
-        (CL, 28, None, 1, 1),
-        (CL, 28, 1.5, 1, 1),
-        (CL, 28, 3.5, 1, -1),
-        (NCHW, 7, None, 1, 1),
-        (NCHW, 14, None, 1, -1),
-        (CL, 28, None, 2, 1),
-        (CL, 28, 3.5, 2, -1),
+        (CL, 28, None, 1, True),
+        (CL, 28, 1.5, 1, True),
+        (CL, 28, 3.5, 1, False),
+        (NCHW, 7, None, 1, True),
+        (NCHW, 14, None, 1, False),
+        (CL, 28, None, 2, True),
+        (CL, 28, 3.5, 2, False),
     ],
     ids=[
         "cl_grid_blocks",
@@ -179,23 +167,19 @@ CL, NCHW = torch.channels_last, torch.contiguous_format
         "cl_stride2_3.5_planes",
     ],
 )
-def test_cost_rule_takes_blocks_for_compact_kernels_and_planes_for_wide_ones(
-    ext, fmt, size, spread, stride, expected
-):
+def test_the_plan_takes_blocks_for_compact_kernels_and_planes_for_wide_ones(ext, fmt, size, spread, stride, blocks):
     # Channels-last 28x28 planes (any stride): a 5x5 or 7x7 merged box costs fewer taps per
     # pixel than the synapses' own taps on padded planes; an 11x11 box (+-3.5 around the
     # grid) does not. NCHW input pays two transposes for the blocks, which only the smallest
     # planes earn back.
     x, *rest = make_args((2, 16, 16, size, size, 16, 16, stride), spread, dtype=torch.float32)
-    args = [x.contiguous(memory_format=fmt), *rest]
+    x = x.contiguous(memory_format=fmt)
     if spread is not None:
-        args[2].copy_(args[2] + torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)]))
-    auto = _run(0, args)
-    chosen, other = _run(expected, args), _run(-expected, args)
-    flat = [auto[0], *auto[1]]
-    assert all(torch.equal(a, b) for a, b in zip(flat, [chosen[0], *chosen[1]]))
-    # The two kernels round differently, so the comparison above tells them apart.
-    assert not all(torch.equal(a, b) for a, b in zip(flat, [other[0], *other[1]]))
+        rest[1].copy_(rest[1] + torch.tensor([(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)]))
+    weight, positions, b, stride, groups = rest
+    plan = explain((weight, positions, b, stride, groups), x)
+    assert (plan.backward in BLOCK_KERNELS) == blocks, str(plan)
+    assert (plan.backward == "cpu.depthwise_planes") == (not blocks), str(plan)
 
 
 def test_blocks_reuse_taps_only_for_the_same_position_values_and_plane(forced_blocks):
@@ -223,16 +207,14 @@ def test_blocks_reuse_taps_only_for_the_same_position_values_and_plane(forced_bl
     ],
     ids=["f32_integers_5x5", "f32_7x7", "f32_9x9_blocks", "f32_7x7_plane", "f64_blocks"],
 )
-def test_platform_conv_runs_float32_forwards_up_to_7x7(ext, dtype, size, spread, expected):
-    # The rule of platform_runs: float32 merged kernels within 7x7 go to the platform's
-    # conv for the forward (on any plane); wider ones and float64 stay with the blocks.
+def test_the_platform_conv_runs_float32_depthwise_forwards_up_to_7x7(ext, dtype, size, spread, expected):
+    # Float32 merged kernels within 7x7 go to the platform's conv for the forward (on any
+    # plane); wider ones and float64 stay with the native kernels.
     x, *rest = make_args((2, 16, 16, size, size, 16, 16, 1), spread, dtype=dtype)
-    set_mode(1)
-    try:
-        x = x.contiguous(memory_format=torch.channels_last)
-        assert calls_platform_conv(grads, native.native_active_conv2d, x, *rest) == expected
-    finally:
-        set_mode(0)
+    x = x.contiguous(memory_format=torch.channels_last)
+    plan = explain(tuple(rest), x)
+    assert (plan.forward == "cpu.merged_conv") == expected, str(plan)
+    assert calls_platform_conv(grads, active_conv2d, x, *rest) == expected
 
 
 def test_platform_conv_keeps_the_ops_dtype_under_autocast(ext):
@@ -241,10 +223,13 @@ def test_platform_conv_keeps_the_ops_dtype_under_autocast(ext):
     x, w, pos, b, stride, groups = make_args((2, 16, 16, 12, 12, 16, 16, 1), 1.5, dtype=torch.float32)
     x = x.contiguous(memory_format=torch.channels_last)
     leaves = [t.detach().clone().requires_grad_() for t in (x, w, pos, b)]
-    op = torch.ops.acuzoo.active_conv2d
-    plain = op(*leaves, [1, 1], groups)
+
+    def op(*tensors):
+        return torch.ops.acuzoo.active_conv2d(*tensors, [1, 1], groups, "cpu.merged_conv", "cpu.depthwise_blocks")
+
+    plain = op(*leaves)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        inside = op(*leaves, [1, 1], groups)
+        inside = op(*leaves)
     assert inside.dtype == torch.float32
     assert torch.equal(inside, plain)
     g = torch.randn_like(plain)
@@ -257,8 +242,5 @@ def test_platform_conv_keeps_the_ops_dtype_under_autocast(ext):
 def test_planes_split_large_batches_into_stacks(ext):
     # A stack holds 32768 elements of planes (kStackElements): 64x64 planes go eight samples
     # to a stack, so a batch of 9 runs a full stack and a partial one for every channel.
-    set_mode(-1)
-    try:
+    with force("cpu.depthwise_planes"):
         assert_native_equals_reference(make_args((9, 2, 2, 64, 64, 2, 2, 1), 1.5))
-    finally:
-        set_mode(0)

@@ -90,7 +90,10 @@ def test_gradcheck_away_from_integers(path, layout):
     positions = positions.floor() + frac.clamp(0.05, 0.95)
     leaves = [t.requires_grad_() for t in (x, weight, positions, bias)]
     assert torch.autograd.gradcheck(
-        lambda *a: active_conv2d(*a, 2, groups, path=path), leaves, eps=1e-6, atol=1e-7,
+        lambda *a: active_conv2d(*a, 2, groups, path=path),
+        leaves,
+        eps=1e-6,
+        atol=1e-7,
         # Random projections keep this quick; full Jacobians are compared with the
         # reference's exactly in test_gradients_match_reference.
         fast_mode=True,
