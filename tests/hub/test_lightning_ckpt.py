@@ -11,7 +11,7 @@ import torch
 from acuzoo.hub import sha256_file
 from acuzoo.hub.commands import convert_main
 from acuzoo.hub.manifest import read_manifest
-from acuzoo.lit import ImageClassifier, SyntheticData
+from acuzoo.lit import ImageClassifier, PositionLearningRate, SyntheticData
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,14 @@ def trained(tmp_path_factory):
     pl.seed_everything(0)
     module = ImageClassifier("cifar_resnet29_acu", num_classes=4, in_chans=1, input_size=16, lr=0.5)
     trainer = pl.Trainer(
-        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=folder,
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=folder,
+        callbacks=[PositionLearningRate()],
     )
     trainer.fit(module, datamodule=SyntheticData(num_samples=16, num_classes=4, batch_size=8))
     trainer.save_checkpoint(folder / "run.ckpt")
@@ -35,8 +41,9 @@ def _x() -> torch.Tensor:
 
 def test_ckpt_becomes_a_safetensors_file_with_a_manifest_entry(trained, tmp_path):
     _, ckpt = trained
-    entry = convert_main(["--from-ckpt", str(ckpt), "--out", str(tmp_path / "m.safetensors"), "--tag", "mine",
-                          "--manifest"])
+    entry = convert_main(
+        ["--from-ckpt", str(ckpt), "--out", str(tmp_path / "m.safetensors"), "--tag", "mine", "--manifest"]
+    )
     assert entry["name"] == "cifar_resnet29_acu.mine"
     assert entry["sha256"] == sha256_file(tmp_path / "m.safetensors")
     assert read_manifest(tmp_path)["cifar_resnet29_acu.mine"].sha256 == entry["sha256"]

@@ -105,8 +105,9 @@ def test_a_checkpoint_of_another_architecture_is_refused(registry, make_model):
     folder, _ = registry
     other = make_model()
     save_checkpoint(other, folder / "weights.safetensors", "cifar_resnet29_acu")
-    write_entry({"name": NAME, "file": "weights.safetensors", "sha256": sha256_file(folder / "weights.safetensors")},
-                folder)
+    write_entry(
+        {"name": NAME, "file": "weights.safetensors", "sha256": sha256_file(folder / "weights.safetensors")}, folder
+    )
     with pytest.raises(CheckpointError, match="holds weights of 'cifar_resnet29_acu', not of 'cifar_resnet29_conv3'"):
         load_zoo_pretrained(make_model(), checkpoint_dir=folder)
 
