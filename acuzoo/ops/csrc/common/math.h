@@ -360,8 +360,8 @@ template <typename A, typename S>
 ACU_HD A im2col_element(const S* x, const A* pos, int64_t idx, const Dims& d, const Units& u) {
   const int64_t pixels = d.Ho * d.Wo;
   const int64_t pix = idx % pixels;
-  const int64_t block = idx / pixels;  // (n * U + unit) * rows + row
-  const int64_t row = block % u.rows, unit = (block / u.rows) % u.units, n = block / (u.rows * u.units);
+  const int64_t line = idx / pixels;  // (n * U + unit) * rows + row
+  const int64_t row = line % u.rows, unit = (line / u.rows) % u.units, n = line / (u.rows * u.units);
   const int64_t ci = row / d.K, k = row % d.K;
   const int64_t c = (unit / u.per_group) * u.c_per_group + ci, p = unit / u.per_set;
   AxisTaps<A> ta, tb;
@@ -392,19 +392,19 @@ ACU_HD A col2im_element(const S* gcols, const A* pos, int64_t idx, const Dims& d
   return acc;
 }
 
-// Position terms of one columns-gradient element: row block = (n * U + unit) * rows + row
+// Position terms of one columns-gradient element: line = (n * U + unit) * rows + row
 // of the columns, pixel pix; returns (grad * d/dalpha read, grad * d/dbeta read).
 template <typename A, typename S>
-ACU_HD Read3<A> position_terms(const S* gcols, const S* x, const A* pos, int64_t block, int64_t pix,
+ACU_HD Read3<A> position_terms(const S* gcols, const S* x, const A* pos, int64_t line, int64_t pix,
                                const Dims& d, const Units& u) {
-  const int64_t row = block % u.rows, unit = (block / u.rows) % u.units;
-  const int64_t n = block / (u.rows * u.units);
+  const int64_t row = line % u.rows, unit = (line / u.rows) % u.units;
+  const int64_t n = line / (u.rows * u.units);
   const int64_t ci = row / d.K, k = row % d.K;
   const int64_t c = (unit / u.per_group) * u.c_per_group + ci;
   AxisTaps<A> ta, tb;
   synapse_taps(pos, unit / u.per_set, k, d.K, ta, tb);
   const int m = static_cast<int>(pix / d.Wo), j = static_cast<int>(pix % d.Wo);
-  const A g = static_cast<A>(gcols[block * d.Ho * d.Wo + pix]);
+  const A g = static_cast<A>(gcols[line * d.Ho * d.Wo + pix]);
   const Read3<A> r = read_plane<A>(x + (n * d.C + c) * d.H * d.W, static_cast<int>(d.H), static_cast<int>(d.W),
                                    m * d.sh, j * d.sw, ta, tb);
   return {A(0), g * r.d_alpha, g * r.d_beta};
@@ -412,9 +412,9 @@ ACU_HD Read3<A> position_terms(const S* gcols, const S* x, const A* pos, int64_t
 
 // Where position_terms' sums go: partial row (n, q, ci) for unit = p * per_set + q,
 // column (p, k, axis) of a (rows, P * K * 2) table.
-ACU_HD int64_t position_slot(int64_t block, const Dims& d, const Units& u, int64_t sets) {
-  const int64_t row = block % u.rows, unit = (block / u.rows) % u.units;
-  const int64_t n = block / (u.rows * u.units);
+ACU_HD int64_t position_slot(int64_t line, const Dims& d, const Units& u, int64_t sets) {
+  const int64_t row = line % u.rows, unit = (line / u.rows) % u.units;
+  const int64_t n = line / (u.rows * u.units);
   const int64_t ci = row / d.K, k = row % d.K;
   const int64_t p = unit / u.per_set, q = unit % u.per_set;
   return ((n * u.per_set + q) * u.c_per_group + ci) * (sets * d.K * 2) + (p * d.K + k) * 2;

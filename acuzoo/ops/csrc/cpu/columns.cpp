@@ -44,9 +44,9 @@ struct CpuColumns {
           const int64_t c = (u / units_per_group) * g.c_per_group + ci, p = u / units_per_set;
           const AxisTaps<T>* t = &taps[2 * p * K];
           const PhaseBox box = phase_box(t, K, s);
-          xb.assign(static_cast<size_t>(s.sh * s.sw) * box.plane + kBlockSlack, T(0));
+          xb.assign(static_cast<size_t>(s.sh * s.sw) * box.plane + kStripSlack, T(0));
           phases_into(xp + (n * g.c_in + c) * in_plane, s, box, xb.data());
-          acc.resize(round_up(box.len, kBlockSlack));
+          acc.resize(round_up(box.len, kStripSlack));
           for (int64_t k = 0; k < K; ++k) {
             const int64_t n_taps = value_taps(t + 2 * k, &one, 1, box, s, off, coef);
             sum_of_taps(xb.data(), off.data(), coef.data(), n_taps, T(0), box.len, acc.data());

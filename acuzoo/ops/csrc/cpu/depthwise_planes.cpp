@@ -72,12 +72,12 @@ Stack stack_of(const AxisTaps<T>* taps, int64_t K, const PlaneShape& s, int64_t 
 }
 
 // dots[t] = sum over q < len of g[q] * src[q + off[t]], every tap in one pass over g in
-// blocks of kBlockVectors vectors (g beyond len must read as zeros; acc: taps * lanes
+// strips of kStripVectors vectors (g beyond len must read as zeros; acc: taps * lanes
 // scratch).
 template <typename T>
 void dots_of_taps(const T* g, const T* src, const int64_t* off, int64_t taps, int64_t len, T* acc, T* dots) {
   using V = typename Lanes<T>::vec;
-  constexpr int64_t L = Lanes<T>::n, B = kBlockVectors;
+  constexpr int64_t L = Lanes<T>::n, B = kStripVectors;
   std::fill(acc, acc + taps * L, T(0));
   for (int64_t q0 = 0; q0 < len; q0 += B * L) {
     V gv[B];
@@ -145,12 +145,12 @@ at::Tensor planes_forward(const at::Tensor& input, const at::Tensor& weight, con
         const int64_t count = std::min(stack, g.batch - n0);
         const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
         const Stack st = stack_of(t, K, s, count);
-        xb.assign(st.size + kBlockSlack, T(0));
+        xb.assign(st.size + kStripSlack, T(0));
         for (int64_t j = 0; j < count; ++j) {
           phases_into(x + ((n0 + j) * C + c) * in_plane, s, st.box, xb.data() + st.slot(j));
         }
         const int64_t n_taps = value_taps(t, w + c * K, K, st.box, s, off, coef);
-        acc.resize(round_up(st.len, kBlockSlack));
+        acc.resize(round_up(st.len, kStripSlack));
         sum_of_taps(xb.data() + st.start, off.data(), coef.data(), n_taps, b ? b[c] : T(0), st.len, acc.data());
         for (int64_t j = 0; j < count; ++j) {
           narrow_into(acc.data() + st.slot(j) - st.start, s, st.box, y + ((n0 + j) * C + c) * out_plane);
@@ -181,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor> planes_backward(
     T* part = partial.mutable_data_ptr<T>();
     const int64_t per_set = g.c_out / g.sets;
     // At stride 1 the input gradient is gathered, gx[j] = sum_t c_t g[j - off_t], with
-    // the forward's blocked kernel (one store per element); strided planes scatter.
+    // the forward's sum_of_taps (one store per element); strided planes scatter.
     const bool gather = s.sh == 1 && s.sw == 1;
     at::parallel_for(0, stacks * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> xb, gw, gxb, coef, dot_acc, dots;
@@ -193,19 +193,19 @@ std::tuple<at::Tensor, at::Tensor> planes_backward(
         const AxisTaps<T>* t = &taps[2 * (c / per_set) * K];
         const Stack st = stack_of(t, K, s, count);
         if (need_sums) {
-          xb.assign(st.size + kBlockSlack, T(0));
+          xb.assign(st.size + kStripSlack, T(0));
           for (int64_t j = 0; j < count; ++j) {
             phases_into(x + ((n0 + j) * C + c) * in_plane, s, st.box, xb.data() + st.slot(j));
           }
         }
-        gw.assign(st.size + kBlockSlack, T(0));
+        gw.assign(st.size + kStripSlack, T(0));
         for (int64_t j = 0; j < count; ++j) {
           widen_into(go + ((n0 + j) * C + c) * out_plane, s, st.box, gw.data() + st.slot(j));
         }
         // Gathered, every element of the loop's range is written (and only those are
         // copied out); scattered, the taps add into zeros.
-        if (gxp && gather) gxb.resize(st.size + kBlockSlack);
-        if (gxp && !gather) gxb.assign(st.size + kBlockSlack, T(0));
+        if (gxp && gather) gxb.resize(st.size + kStripSlack);
+        if (gxp && !gather) gxb.assign(st.size + kStripSlack, T(0));
         if (gxp && gather) {
           // gx[i] = sum_t c_t g[i - off_t]: the borders keep i - off_t inside the buffer.
           const int64_t n_taps = value_taps(t, w + c * K, K, st.box, s, off, coef);
@@ -215,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> planes_backward(
         }
         T* sums = part + si * C * K * 3 + c * K * 3;
         if (gather) {
-          // All slope dots of the channel in one blocked pass (g is zero past the planes).
+          // All slope dots of the channel in one pass of strips (g is zero past the planes).
           if (need_sums) {
             slope_taps(t, K, st.box, s, sl);
             const int64_t n = static_cast<int64_t>(sl.off.size());

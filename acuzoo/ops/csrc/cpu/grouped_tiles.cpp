@@ -8,8 +8,8 @@
 // of channels: the taps of a pixel are fused in one vector loop with no edge masks,
 // whatever the stride.
 // The forward splits the work by tile. The backward gives each task whole samples (no
-// two tasks write the same input gradient) in a fixed number of sample blocks, whose
-// weight/position sums are then added in block order: bitwise reproducible.
+// two tasks write the same input gradient) in a fixed number of sample ranges, whose
+// weight/position sums are then added in range order: bitwise reproducible.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -24,22 +24,23 @@ namespace {
 
 // Columns per tile: 128 Ki elements, 512 KiB in float32, so that a tile's columns and its
 // gradient stay in a core's L2 between their GEMM and the passes that read them.
-constexpr int64_t kDefaultTileElements = int64_t(128) << 10;
-// Weight/position gradients are summed per block of samples; a fixed count keeps the
+constexpr int64_t kTileElements = int64_t(128) << 10;
+// Weight/position gradients are summed per range of samples; a fixed count keeps the
 // summation order independent of the thread count (up to this many threads).
-constexpr int64_t kMinBlocks = 16;
+constexpr int64_t kMinSampleRanges = 16;
+
 struct Tiling {
   int64_t rows_per_tile, tiles;
 };
 
 Tiling tiling(const Geometry& g) {
   const int64_t col_width = g.c_per_group * g.synapses;
-  const int64_t r = std::clamp<int64_t>(kDefaultTileElements / std::max<int64_t>(1, col_width * g.out_w), 1, g.out_h);
+  const int64_t r = std::clamp<int64_t>(kTileElements / std::max<int64_t>(1, col_width * g.out_w), 1, g.out_h);
   return {r, (g.out_h + r - 1) / r};
 }
 
-int64_t backward_blocks(const Geometry& g) {
-  return std::min<int64_t>(g.batch, std::max<int64_t>(kMinBlocks, at::get_num_threads()));
+int64_t sample_ranges(const Geometry& g) {
+  return std::min<int64_t>(g.batch, std::max<int64_t>(kMinSampleRanges, at::get_num_threads()));
 }
 
 // A sample copied channels-last into a zero border wide enough for every tap that reads
@@ -332,11 +333,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiles_backward(const at::Tensor& 
   const at::Tensor w_sk = synapse_major(weight);
   const int64_t col_width = g.c_per_group * g.synapses, per_unit = g.c_out / g.units, K = g.synapses;
   const int64_t cpg = g.c_per_group;
-  const int64_t blocks = backward_blocks(g);
+  const int64_t ranges = sample_ranges(g);
   const Tiling t = tiling(g);
   at::Tensor grad_x = need_x ? at::empty_like(input, format) : at::Tensor();
-  at::Tensor gw_blocks = need_w ? at::zeros({blocks, g.c_out * col_width}, input.options()) : at::Tensor();
-  at::Tensor pos_blocks = need_pos ? at::zeros({blocks, g.sets * K * 2}, input.options()) : at::Tensor();
+  at::Tensor gw_ranges = need_w ? at::zeros({ranges, g.c_out * col_width}, input.options()) : at::Tensor();
+  at::Tensor pos_ranges = need_pos ? at::zeros({ranges, g.sets * K * 2}, input.options()) : at::Tensor();
   at::Tensor grad_w, grad_pos;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "acu_tiles_backward_cpu", [&] {
     using T = scalar_t;
@@ -347,15 +348,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiles_backward(const at::Tensor& 
     T* go = const_cast<T*>(grad_out.const_data_ptr<T>());
     const T* w = w_sk.const_data_ptr<T>();
     T* gx = need_x ? grad_x.mutable_data_ptr<T>() : nullptr;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
       const int64_t tile_elems = col_width * t.rows_per_tile * g.out_w;
       std::vector<T> cols(need_w ? tile_elems : 0), gcols(need_x || need_pos ? tile_elems : 0);
       std::vector<T> padded(pad.size(), T(0)), gx_padded(need_x ? pad.size() : 0);
       std::vector<T> acc(need_pos ? K * 6 * cpg : 0);  // per synapse and slope tap, per channel
-      for (int64_t block = begin; block < end; ++block) {
-        T* gw = need_w ? gw_blocks.mutable_data_ptr<T>() + block * g.c_out * col_width : nullptr;
-        T* gp = need_pos ? pos_blocks.mutable_data_ptr<T>() + block * g.sets * K * 2 : nullptr;
-        const int64_t n_begin = block * g.batch / blocks, n_end = (block + 1) * g.batch / blocks;
+      for (int64_t range = begin; range < end; ++range) {
+        T* gw = need_w ? gw_ranges.mutable_data_ptr<T>() + range * g.c_out * col_width : nullptr;
+        T* gp = need_pos ? pos_ranges.mutable_data_ptr<T>() + range * g.sets * K * 2 : nullptr;
+        const int64_t n_begin = range * g.batch / ranges, n_end = (range + 1) * g.batch / ranges;
         for (int64_t n = n_begin; n < n_end; ++n) {
           pad_sample(x + n * input.stride(0), xs, g, pad, padded.data());
           if (need_x) std::fill(gx_padded.begin(), gx_padded.end(), T(0));
@@ -416,12 +417,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tiles_backward(const at::Tensor& 
     if (need_w) {
       // Summed in the (C_out, K, cpg) layout of the GEMMs, returned as (C_out, cpg, K).
       at::Tensor gw_sk = at::empty({g.c_out, K, cpg}, input.options());
-      sum_rows_in_order(gw_blocks.const_data_ptr<T>(), blocks, g.c_out * col_width, gw_sk.mutable_data_ptr<T>());
+      sum_rows_in_order(gw_ranges.const_data_ptr<T>(), ranges, g.c_out * col_width, gw_sk.mutable_data_ptr<T>());
       grad_w = gw_sk.transpose(1, 2).contiguous();
     }
     if (need_pos) {
       grad_pos = at::empty({g.sets, K, 2}, input.options());
-      sum_rows_in_order(pos_blocks.const_data_ptr<T>(), blocks, g.sets * K * 2, grad_pos.mutable_data_ptr<T>());
+      sum_rows_in_order(pos_ranges.const_data_ptr<T>(), ranges, g.sets * K * 2, grad_pos.mutable_data_ptr<T>());
     }
   });
   return {grad_x, grad_w, grad_pos};

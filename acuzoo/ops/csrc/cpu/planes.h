@@ -166,20 +166,20 @@ void narrow_into(const T* wide, const PlaneShape& s, const PhaseBox& b, T* out) 
 }
 
 // ---- all taps of a channel at once -------------------------------------------------
-// out[q] = init + sum_t coef[t] * src[q + off[t]] for q < len, computed in blocks of
-// kBlockVectors 64-byte vectors held in registers: one store per element whatever the
+// out[q] = init + sum_t coef[t] * src[q + off[t]] for q < len, computed strip by strip, a
+// strip being kStripVectors 64-byte vectors held in registers: one store per element whatever the
 // number of taps (a depthwise synapse set has up to 36), instead of one read-modify-write
 // per tap; eight independent sums keep both FMA pipes busy (four leave half the issue
-// slots waiting on the FMA latency). Reads may run up to one block past len: buffers
-// carry kBlockSlack zeros at the end.
-constexpr int64_t kBlockVectors = 8;
-static_assert(kBlockVectors % 2 == 0, "dots_of_taps sums the block's vectors in pairs");
-constexpr int64_t kBlockSlack = 128;  // elements: 8 vectors of float (and more of double)
+// slots waiting on the FMA latency). Reads may run up to one strip past len: buffers
+// carry kStripSlack zeros at the end.
+constexpr int64_t kStripVectors = 8;
+static_assert(kStripVectors % 2 == 0, "dots_of_taps sums a strip's vectors in pairs");
+constexpr int64_t kStripSlack = 128;  // elements: 8 vectors of float (and more of double)
 
 template <typename T>
 void sum_of_taps(const T* src, const int64_t* off, const T* coef, int64_t taps, T init, int64_t len, T* out) {
   using V = typename Lanes<T>::vec;
-  constexpr int64_t L = Lanes<T>::n, B = kBlockVectors;
+  constexpr int64_t L = Lanes<T>::n, B = kStripVectors;
   for (int64_t q0 = 0; q0 < len; q0 += B * L) {
     V a[B];
     for (int64_t i = 0; i < B; ++i) a[i] = V{} + init;

@@ -87,7 +87,7 @@ struct TwinBackend {
   }
 
   // The input gradient with the compile-time strides the CUDA kernel is built with, walking
-  // the sh x sw blocks of input pixels as its threads do.
+  // the sh x sw patches of input pixels as its threads do.
   template <int ST, typename T>
   static void grad_input(const T* go, const Tables<T>& tables, T* gx, const Dims& d, int64_t planes) {
     const TableLayout& t = tables.t;
@@ -209,14 +209,14 @@ struct TwinBackend {
       const scalar_t* pos = positions.const_data_ptr<scalar_t>();
       scalar_t* part = partial.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, g.units * u.rows * g.batch, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t block = begin; block < end; ++block) {
+        for (int64_t line = begin; line < end; ++line) {
           scalar_t a = 0, b = 0;
           for (int64_t pix = 0; pix < d.Ho * d.Wo; ++pix) {
-            const Read3<scalar_t> t = position_terms<scalar_t>(gc, xp, pos, block, pix, d, u);
+            const Read3<scalar_t> t = position_terms<scalar_t>(gc, xp, pos, line, pix, d, u);
             a += t.d_alpha;
             b += t.d_beta;
           }
-          scalar_t* dst = part + position_slot(block, d, u, g.sets);
+          scalar_t* dst = part + position_slot(line, d, u, g.sets);
           dst[0] = a;
           dst[1] = b;
         }

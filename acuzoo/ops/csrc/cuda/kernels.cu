@@ -143,7 +143,7 @@ __global__ void dw_forward_kernel(const S* __restrict__ x, const int* __restrict
   }
 }
 
-// One thread per sh x sw block of input pixels, walking the stride classes in step.
+// One thread per sh x sw patch of input pixels, walking the stride classes in step.
 template <int ST, typename S, typename A>
 __global__ void dw_grad_input_kernel(const S* __restrict__ go, const int* __restrict__ ints,
                                      const A* __restrict__ vals, S* __restrict__ gx, Dims d, TableLayout t,
@@ -264,22 +264,23 @@ __global__ void col2im_kernel(const S* __restrict__ gcols, const A* __restrict__
   ACU_GRID_STRIDE(idx, total) { gx[idx] = static_cast<S>(col2im_element<A>(gcols, pos, idx, d, u)); }
 }
 
-// Block (unit, row, n): the dots of one column row's gradient with its slope reads.
+// One thread block per line (n, unit, row) of the columns: the dots of its gradient with
+// its slope reads.
 template <typename S, typename A>
 __global__ void position_partials_kernel(const S* __restrict__ gcols, const S* __restrict__ x,
                                          const A* __restrict__ pos, A* __restrict__ partial, Dims d, Units u,
                                          int64_t sets) {
   __shared__ A shared[2 * kThreads];
-  const int64_t block = blockIdx.x;
+  const int64_t line = blockIdx.x;
   A sums[2] = {A(0), A(0)};
   for (int64_t pix = threadIdx.x; pix < d.Ho * d.Wo; pix += kThreads) {
-    const Read3<A> t = position_terms<A>(gcols, x, pos, block, pix, d, u);
+    const Read3<A> t = position_terms<A>(gcols, x, pos, line, pix, d, u);
     sums[0] += t.d_alpha;
     sums[1] += t.d_beta;
   }
   block_sum<A, 2>(sums, shared);
   if (threadIdx.x == 0) {
-    A* dst = partial + position_slot(block, d, u, sets);
+    A* dst = partial + position_slot(line, d, u, sets);
     dst[0] = shared[0];
     dst[1] = shared[kThreads];
   }
@@ -447,13 +448,13 @@ struct CudaBackend {
     const Units u = units_of(g);
     at::Tensor partial =
         at::empty({g.batch * u.per_set * g.c_per_group, g.sets * g.synapses * 2}, positions.options());
-    const int64_t blocks = g.units * u.rows * g.batch;
-    if (blocks == 0) return partial.zero_();
-    TORCH_CHECK(blocks < (int64_t(1) << 31), "acuzoo: too many column rows for one launch");
+    const int64_t lines = g.units * u.rows * g.batch;
+    if (lines == 0) return partial.zero_();
+    TORCH_CHECK(lines < (int64_t(1) << 31), "acuzoo: too many column rows for one launch");
     ACU_DISPATCH(x.scalar_type(), "acu_position_partials_cuda", [&] {
       using A = at::opmath_type<scalar_t>;
       position_partials_kernel<scalar_t, A>
-          <<<static_cast<unsigned>(blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          <<<static_cast<unsigned>(lines), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
               gcols.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), positions.const_data_ptr<A>(),
               partial.mutable_data_ptr<A>(), dims_of(g), u, g.sets);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
