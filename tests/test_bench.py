@@ -1,0 +1,115 @@
+"""bench/ops.py and bench/ab.py: how kernels are named on the command line, which format a cell
+keeps, and how the A/B reads each side's rows (no timing here)."""
+
+import contextlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+ops = load("ops")
+ab = load("ab")
+KERNELS = {"cpu.merged_conv": None, "cpu.depthwise_blocks": None, "dense": None}
+
+
+def recording_force(calls: list):
+    def force(name=None, **directions):
+        calls.append((name, directions))
+        return contextlib.nullcontext()
+
+    return force
+
+
+def test_auto_runs_without_forcing() -> None:
+    calls: list = []
+    with ops.kernel_context("auto", recording_force(calls))():
+        pass
+    assert calls == []
+
+
+def test_a_kernel_name_is_forced_by_name() -> None:
+    calls: list = []
+    with ops.kernel_context("cpu.depthwise_blocks", recording_force(calls))():
+        pass
+    assert calls == [("cpu.depthwise_blocks", {})]
+
+
+def test_a_pair_forces_forward_and_backward_apart() -> None:
+    calls: list = []
+    with ops.kernel_context("cpu.merged_conv+cpu.depthwise_blocks", recording_force(calls))():
+        pass
+    assert calls == [(None, {"forward": "cpu.merged_conv", "backward": "cpu.depthwise_blocks"})]
+
+
+def test_kernel_specs_name_known_kernels_or_a_pair_of_them() -> None:
+    ops.check_kernel_specs(["auto", "dense", "cpu.merged_conv+cpu.depthwise_blocks"], KERNELS)
+    for bad in (["cpu.nonesuch"], ["dense+cpu.nonesuch"], ["dense+dense+dense"]):
+        with pytest.raises(SystemExit, match="--kernels"):
+            ops.check_kernel_specs(bad, KERNELS)
+
+
+def test_a_package_without_the_kernel_plan_serves_auto_only() -> None:
+    ops.check_kernel_specs(["auto"], None)
+    with pytest.raises(SystemExit, match="only auto"):
+        ops.check_kernel_specs(["dense"], None)
+
+
+def test_a_cell_keeps_the_format_of_its_best_forward_backward() -> None:
+    fmt, fwd, fb = ops.kept_format({"nchw": [1.0, 9.0], "channels_last": [2.0, 5.0]})
+    assert (fmt, fb) == ("channels_last", 5.0)
+    assert fwd == 1.0  # the forward keeps its own best, as the table always did
+
+
+def test_a_refused_kernel_keeps_no_format() -> None:
+    assert ops.kept_format({}) is None
+
+
+def test_every_shape_names_a_full_geometry() -> None:
+    for name, (c_in, c_out, h, w, stride, groups, sets, batch) in ops.SHAPES.items():
+        assert c_in % groups == 0 and c_out % sets == 0, name
+        assert min(h, w, stride, batch) >= 1, name
+
+
+def test_ab_reads_the_rows_of_a_printed_table() -> None:
+    # The layout of bench/ops.py before the kernel plan (--paths auto, one decimal; narrower here).
+    stdout = """torch 2.14.1+cu130, 2 threads, float32, allocator: glibc malloc
+shape            spread  conv fwd  conv f+b  auto fwd  x conv  auto f+b  x conv  deform f+b deform/acu  auto picks
+dw C960 7          init       0.4       1.4       0.5    1.42       2.3    1.66           -          -      native
+dw C960 7         +-1.5       0.4       1.4       0.7    1.77       2.7    1.96        1804        732      native
+"""
+    cells = ab.read_table(stdout, "dw C960 7")
+    assert set(cells) == {("dw C960 7", "init"), ("dw C960 7", "+-1.5")}
+    init = cells["dw C960 7", "init"]
+    assert (init.fwd, init.fb, init.conv_fb, init.picks) == (0.5, 2.3, 1.4, "native")
+
+
+def test_ab_reads_the_asked_kernel_from_a_csv_and_skips_refused_cells() -> None:
+    text = "\n".join(
+        [
+            ",".join(ops.CSV_FIELDS),
+            "dw C960 7,init,auto,channels_last,0.5,2.25,0.4,1.4,a/b,a/b",
+            "dw C960 7,init,cpu.depthwise_planes,nchw,0.6,2.5,0.4,1.4,a/b,p/p",
+            "dw C960 7,+-3,auto,,,,0.4,1.4,a/b,",
+        ]
+    )
+    cells = ab.read_csv(text, "auto")
+    assert list(cells) == [("dw C960 7", "init")]
+    assert cells["dw C960 7", "init"].fb == 2.25
+
+
+def test_ab_keeps_the_best_of_repeated_runs() -> None:
+    first, second = ab.Cell(1.0, 5.0, 2.0, "x"), ab.Cell(1.5, 4.0, 2.5, "x")
+    best = first.best_with(second)
+    assert (best.fwd, best.fb, best.conv_fb) == (1.0, 4.0, 2.0)
