@@ -8,17 +8,22 @@ last step only. Steps, each reported even if an earlier one failed:
 
 1. build the CUDA extension for sm_90 (``ACUZOO_CUDA_ARCH``; ``MAX_JOBS`` defaults to 16);
 2. correctness on CUDA against the float64 reference (eq. 5, on the CPU): forward and
-   gradients < 1e-10 in float64, the integer-position rule, channels_last and
+   gradients < 1e-10 in float64 of every native kernel of the device (``acuzoo.ops.KERNELS``:
+   ``cuda.depthwise``, ``cuda.columns``) on every case it serves, forced by name; the
+   integer-position rule, channels_last and
    non-contiguous input, a large case against the CPU extension (many blocks/chunks),
    float32/float16/bfloat16 against float64 (relative L2 error), autocast-style fp16 input
    with fp32 parameters, bitwise determinism of the gradients;
 3. forward+backward of MobileNetV2's depthwise layers at batch 128 (init, +-1.5, +-3):
-   native vs cuDNN's depthwise 3x3 (best of NCHW and channels_last) vs the dense-kernel
-   path (``active_conv2d(path="dense")``); achieved bandwidth against a measured
-   device-to-device copy; peak extra memory of the backward against the input's size;
+   the ``cuda.depthwise`` kernel ("native") vs cuDNN's depthwise 3x3 (best of NCHW and
+   channels_last) vs the ``dense`` kernel (Theorem 2's merged kernel through cuDNN);
+   achieved bandwidth against a measured device-to-device copy; peak extra memory of the
+   backward against the input's size;
 4. a training step (forward+backward, batch 128, 224 px) of timm's MobileNetV2 and of
-   mobilenetv2_acu_100, and of the latter without the argument checks (their finiteness
-   test of the positions is a host sync per ACU layer on CUDA).
+   mobilenetv2_acu_100.
+
+The CPU dry run takes the CPU's kernels in their place: ``cpu.*`` for the correctness matrix,
+``cpu.depthwise_blocks`` for ``cuda.depthwise``, ``cpu.columns`` for ``cuda.columns``.
 
 Timing: CUDA events, warm-up, median of many repetitions. Everything printed also goes to
 ``$OUT/gpu_check.log`` when ``$OUT`` is set. Exit status 1 if any check failed.
@@ -91,14 +96,50 @@ def section(name: str):
 
 
 def import_ops():
+    """(acuzoo.ops, acuzoo.ops.native), imported without the top-level package."""
     if "acuzoo" not in sys.modules:
         stub = types.ModuleType("acuzoo")
         stub.__path__ = [str(REPO / "acuzoo")]
         sys.modules["acuzoo"] = stub
-    native = importlib.import_module("acuzoo.ops.native")
-    reference = importlib.import_module("acuzoo.ops.reference")
-    dispatch = importlib.import_module("acuzoo.ops.dispatch")
-    return native, reference.reference_active_conv2d, dispatch.active_conv2d
+    return importlib.import_module("acuzoo.ops"), importlib.import_module("acuzoo.ops.native")
+
+
+# The kernel a step names, per device: the CPU dry run takes the CPU's kernel of the same job.
+DEPTHWISE_KERNEL = {"cuda": "cuda.depthwise", "cpu": "cpu.depthwise_blocks"}
+COLUMNS_KERNEL = {"cuda": "cuda.columns", "cpu": "cpu.columns"}
+
+
+def forced(ops, name):
+    """active_conv2d with the named kernel (a forward-only kernel takes the plan's backward)."""
+
+    def run(x, weight, positions, bias, stride, groups):
+        return ops.active_conv2d(x, weight, positions, bias, stride, groups, path=name)
+
+    return run
+
+
+def named_native(native, name):
+    """The native op running the named kernel both ways, without the plan's checks (as timed)."""
+
+    def run(x, weight, positions, bias, stride, groups):
+        return native.native_active_conv2d(x, weight, positions, bias, stride, groups, name, name)
+
+    return run
+
+
+def native_kernels(ops, device) -> list[str]:
+    return [name for name, kernel in ops.KERNELS.items() if kernel.native and kernel.device == device]
+
+
+def serves(ops, name, args) -> bool:
+    """Whether the named kernel can run this call (the plan's check, through explain)."""
+    x, weight, positions, bias, stride, groups = args
+    try:
+        with ops.force(name):
+            ops.explain((weight, positions, bias, stride, groups), x)
+    except ValueError:
+        return False
+    return True
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -191,30 +232,38 @@ def build(native, device):
     return ok
 
 
-@section("correctness, float64 against the reference")
-def correctness_fp64(torch, native, reference, device):
-    worst = 0.0
+@section("correctness, float64 against the reference, every native kernel")
+def correctness_fp64(torch, ops, device):
+    kernels = native_kernels(ops, device)
+    worst = dict.fromkeys(kernels, 0.0)
+    served = dict.fromkeys(kernels, 0)
     for name, case in CASES.items():
         for spread_name, spread in SPREADS.items():
             k = SYNAPSES.get(name, 9)
             args = make_args(torch, case, spread, torch.float64, device, k=k)
             ref_args = make_args(torch, case, spread, torch.float64, "cpu", k=k)
-            out, grads = with_grads(torch, native.native_active_conv2d, args)
-            ref, ref_grads = with_grads(torch, reference, ref_args)
-            errs = [max_err(out, ref)] + [max_err(a, b) for a, b in zip(grads, ref_grads)]
-            worst = max(worst, *errs)
-            if max(errs) >= 1e-10:
-                check(
-                    False,
-                    f"fp64 {name} spread {spread_name}",
-                    "errors " + ", ".join(f"{n}={e:.1e}" for n, e in zip(("out", *NAMES), errs)),
-                )
-    check(
-        worst < 1e-10,
-        f"fp64 forward+gradients == reference on {len(CASES)}x{len(SPREADS)} cases",
-        f"worst max abs error {worst:.1e}",
-    )
-    TABLE.append(f"fp64 vs reference: worst {worst:.1e} (limit 1e-10)")
+            ref, ref_grads = with_grads(torch, ops.reference_active_conv2d, ref_args)
+            for kernel in kernels:
+                if not serves(ops, kernel, args):
+                    continue
+                served[kernel] += 1
+                out, grads = with_grads(torch, forced(ops, kernel), args)
+                errs = [max_err(out, ref)] + [max_err(a, b) for a, b in zip(grads, ref_grads)]
+                worst[kernel] = max(worst[kernel], *errs)
+                if max(errs) >= 1e-10:
+                    check(
+                        False,
+                        f"fp64 {kernel} {name} spread {spread_name}",
+                        "errors " + ", ".join(f"{n}={e:.1e}" for n, e in zip(("out", *NAMES), errs)),
+                    )
+    for kernel in kernels:
+        check(
+            served[kernel] > 0 and worst[kernel] < 1e-10,
+            f"fp64 forward+gradients of {kernel} == reference on the {served[kernel]} cases it serves "
+            f"(of {len(CASES)}x{len(SPREADS)})",
+            f"worst max abs error {worst[kernel]:.1e}",
+        )
+        TABLE.append(f"fp64 vs reference, {kernel}: worst {worst[kernel]:.1e} on {served[kernel]} cases (limit 1e-10)")
 
 
 @section("layouts: channels_last and non-contiguous input")
@@ -300,29 +349,36 @@ def precision(torch, native, device):
 
 
 @section("determinism (bitwise equal gradients twice)")
-def determinism(torch, native, device, small):
-    cases = {"depthwise": (16, 64, 64, 56, 56, 64, 64, 1), "columns_P1": (8, 32, 32, 32, 32, 1, 1, 1)}
+def determinism(torch, ops, device, small):
+    cases = {
+        DEPTHWISE_KERNEL[device]: (16, 64, 64, 56, 56, 64, 64, 1),
+        COLUMNS_KERNEL[device]: (8, 32, 32, 32, 32, 1, 1, 1),
+    }
     if small:
-        cases = {"depthwise": (2, 8, 8, 9, 9, 8, 8, 1), "columns_P1": (2, 8, 8, 9, 9, 1, 1, 1)}
-    for name, case in cases.items():
+        cases = {DEPTHWISE_KERNEL[device]: (2, 8, 8, 9, 9, 8, 8, 1), COLUMNS_KERNEL[device]: (2, 8, 8, 9, 9, 1, 1, 1)}
+    for kernel, case in cases.items():
         for dtype in (torch.float32, torch.float16) if device == "cuda" else (torch.float32,):
             args = make_args(torch, case, 1.5, dtype, device)
-            _, first = with_grads(torch, native.native_active_conv2d, args)
-            _, second = with_grads(torch, native.native_active_conv2d, args)
+            _, first = with_grads(torch, forced(ops, kernel), args)
+            _, second = with_grads(torch, forced(ops, kernel), args)
             same = all(torch.equal(a, b) for a, b in zip(first, second))
-            check(same, f"{name} {str(dtype)[6:]}: gradients bitwise equal twice")
+            check(same, f"{kernel} {str(dtype)[6:]}: gradients bitwise equal twice")
 
 
 @section("torch.compile through the op")
 def compile_check(torch, native, device):
-    args = make_args(torch, CASES["grouped_P4_g4"], 1.5, torch.float64, device)
-    compiled = torch.compile(native.native_active_conv2d, backend="aot_eager", fullgraph=True)
-    out, grads = with_grads(torch, compiled, args)
-    ref, ref_grads = with_grads(torch, native.native_active_conv2d, args)
-    check(
-        max_err(out, ref) < 1e-12 and all(max_err(a, b) < 1e-12 for a, b in zip(grads, ref_grads)),
-        "torch.compile(backend='aot_eager') == eager, forward and gradients",
-    )
+    # The op with its kernels named: choosing them reads the positions' values, which a
+    # graph cannot; models plan eagerly and call this op.
+    for kernel, case in ((COLUMNS_KERNEL[device], "grouped_P4_g4"), (DEPTHWISE_KERNEL[device], "depthwise_s2")):
+        args = make_args(torch, CASES[case], 1.5, torch.float64, device)
+        op = named_native(native, kernel)
+        compiled = torch.compile(op, backend="aot_eager", fullgraph=True)
+        out, grads = with_grads(torch, compiled, args)
+        ref, ref_grads = with_grads(torch, op, args)
+        check(
+            max_err(out, ref) < 1e-12 and all(max_err(a, b) < 1e-12 for a, b in zip(grads, ref_grads)),
+            f"torch.compile(backend='aot_eager') of {kernel} == eager, forward and gradients ({case})",
+        )
 
 
 class Timer:
@@ -389,22 +445,18 @@ def no_grad_call(torch, fn, args):
     return run
 
 
-def dense_path(active_conv2d):
-    def run(*args):
-        return active_conv2d(*args, path="dense")
-
-    return run
-
-
 def grid3(torch):
     rows, cols = torch.meshgrid(torch.arange(3) - 1, torch.arange(3) - 1, indexing="ij")
     return torch.stack([rows, cols], -1).reshape(9, 2).float()
 
 
-def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, deadline):
+def run_benchmark(torch, ops, native, device, timer, batch, copy_gbs, deadline):
     import torch.nn.functional as F
 
-    log("== benchmark: depthwise layers, forward+backward")
+    kernel = DEPTHWISE_KERNEL[device]
+    acu, dense_kernel = named_native(native, kernel), forced(ops, "dense")
+
+    log(f"== benchmark: depthwise layers, forward+backward; native = {kernel}, dense = the dense kernel")
     header = (
         f"{'layer':11} {'spread':6} {'cudnn':>7} {'fmt':4} {'native':>7} {'x cudnn':>7} "
         f"{'dense':>7} {'x dense':>7} {'fwd':>6} {'GB/s':>6} {'%copy':>5} {'bwd mem':>7} "
@@ -439,33 +491,31 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
                 w = w3.reshape(c, 1, 9).clone().requires_grad_()
                 acu_args = (xin, w, positions, None, stride, c)
                 leaves = (xin, w, positions)
-                nat = timer.median_ms(fwd_bwd(native.native_active_conv2d, acu_args, leaves, grad))
-                fwd = timer.median_ms(no_grad_call(torch, native.native_active_conv2d, acu_args))
-                dense = timer.median_ms(fwd_bwd(dense_path(active_conv2d), acu_args, leaves, grad))
+                nat = timer.median_ms(fwd_bwd(acu, acu_args, leaves, grad))
+                fwd = timer.median_ms(no_grad_call(torch, acu, acu_args))
+                dense = timer.median_ms(fwd_bwd(dense_kernel, acu_args, leaves, grad))
                 x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
                 cl_args = (x_cl, w, positions, None, stride, c)
-                nat_cl = timer.median_ms(fwd_bwd(native.native_active_conv2d, cl_args, (x_cl, w, positions), grad))
+                nat_cl = timer.median_ms(fwd_bwd(acu, cl_args, (x_cl, w, positions), grad))
                 del x_cl, cl_args
                 bf16 = float("nan")
                 if device == "cuda":
                     x16 = x.bfloat16().requires_grad_()
                     w16 = w.detach().bfloat16().requires_grad_()
                     args16 = (x16, w16, positions, None, stride, c)
-                    bf16 = timer.median_ms(
-                        fwd_bwd(native.native_active_conv2d, args16, (x16, w16, positions), grad.bfloat16())
-                    )
+                    bf16 = timer.median_ms(fwd_bwd(acu, args16, (x16, w16, positions), grad.bfloat16()))
                     del x16, w16, args16
                 # The backward's two halves alone: input gradient; weight and position sums.
                 bwd_op = torch.ops.acuzoo.active_conv2d_backward
                 xd, wd, pd = x, w.detach(), positions.detach()
                 halves = [
-                    timer.median_ms(no_grad_call(torch, bwd_op, (grad, xd, wd, pd, [stride] * 2, c, mask)))
+                    timer.median_ms(no_grad_call(torch, bwd_op, (grad, xd, wd, pd, [stride] * 2, c, mask, kernel)))
                     for mask in ([True, False, False], [False, True, True])
                 ]
                 # Bytes a fused fwd+bwd must move: read x, write y; read dy and x, write dx.
                 bytes_moved = 4 * (3 * x.numel() + 2 * grad.numel())
                 gbs = bytes_moved / (nat * 1e-3) / 1e9
-                mem = peak_backward_ratio(torch, native, xin, w, positions, stride, c, grad, device)
+                mem = peak_backward_ratio(torch, acu, xin, w, positions, stride, c, grad, device)
                 row = (
                     f"{name:11} {spread_name:6} {conv[fmt]:7.3f} {fmt:4} {nat:7.3f} {nat / conv[fmt]:7.2f} "
                     f"{dense:7.3f} {nat / dense:7.2f} {fwd:6.3f} {gbs:6.0f} "
@@ -492,16 +542,13 @@ def run_benchmark(torch, native, active_conv2d, device, timer, batch, copy_gbs, 
 
 def model_step(torch, device, timer, small, deadline):
     """A whole network's training step: timm's MobileNetV2 against the ACU version (the
-    paper's Table 8 asks what the ACUs cost a network), and the ACU version again with the
-    argument checks skipped: on CUDA their finiteness test of the positions is a host sync
-    per ACU layer."""
+    paper's Table 8 asks what the ACUs cost a network)."""
     if time.perf_counter() > deadline:
         log("time budget reached: skipping the model step")
         return []
     import timm
 
     importlib.import_module("acuzoo.models")  # registers the zoo with timm (acuzoo may be the stub)
-    dispatch = importlib.import_module("acuzoo.ops.dispatch")
 
     batch, size = (2, 64) if small else (128, 224)
     log(f"== model step: forward+backward, batch {batch}, {size} px, float32, NCHW")
@@ -516,32 +563,26 @@ def model_step(torch, device, timer, small, deadline):
 
         return timer.median_ms(run)
 
-    check = dispatch.check_active_conv2d_args
     try:
         base = step_ms(timm.create_model("mobilenetv2_100").to(device).train())
-        acu_model = timm.create_model("mobilenetv2_acu_100").to(device).train()
-        acu = step_ms(acu_model)
-        dispatch.check_active_conv2d_args = lambda *args: None
-        acu_unchecked = step_ms(acu_model)
+        acu = step_ms(timm.create_model("mobilenetv2_acu_100").to(device).train())
     except Exception:  # noqa: BLE001
         FAILURES.append("model step: exception")
         log(f"FAIL model step: exception\n{traceback.format_exc()}")
         return []
-    finally:
-        dispatch.check_active_conv2d_args = check
     row = (
         f"model step (ms, batch {batch}, {size} px): mobilenetv2_100 {base:.1f}, mobilenetv2_acu_100 {acu:.1f} "
-        f"(x{acu / base:.2f}), without the argument checks {acu_unchecked:.1f} (x{acu_unchecked / base:.2f})"
+        f"(x{acu / base:.2f})"
     )
     log(row)
     return [row]
 
 
-def peak_backward_ratio(torch, native, x, w, p, stride, groups, grad, device) -> float:
+def peak_backward_ratio(torch, acu, x, w, p, stride, groups, grad, device) -> float:
     if device != "cuda":
         return float("nan")
     x.grad = w.grad = p.grad = None
-    out = native.native_active_conv2d(x, w, p, None, stride, groups)
+    out = acu(x, w, p, None, stride, groups)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -575,21 +616,21 @@ def main() -> int:
             f"capability {props.major}.{props.minor}"
         )
         TABLE.append(f"device: {props.name}, torch {torch.__version__}")
-    native, reference, active_conv2d = import_ops()
+    ops, native = import_ops()
     if not build(native, device):
         log("FAIL the extension did not build; nothing more to check")
         print_table()
         return 1
     small = args.cpu_dry_run
-    correctness_fp64(torch, native, reference, device)
+    correctness_fp64(torch, ops, device)
     layouts(torch, native, device)
     large_vs_cpu(torch, native, device, small)
     precision(torch, native, device)
-    determinism(torch, native, device, small)
+    determinism(torch, ops, device, small)
     compile_check(torch, native, device)
     timer = Timer(torch, device, warmup=1 if small else 5, reps=2 if small else 25)
     copy_gbs = copy_bandwidth(torch, device, timer, small) or 0.0
-    rows = run_benchmark(torch, native, active_conv2d, device, timer, 2 if small else 128, copy_gbs, deadline)
+    rows = run_benchmark(torch, ops, native, device, timer, 2 if small else 128, copy_gbs, deadline)
     TABLE.extend(rows)
     TABLE.extend(model_step(torch, device, timer, small, deadline + 60))
     print_table()
