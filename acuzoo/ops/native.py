@@ -354,11 +354,11 @@ def native_active_conv2d(
     """The ACU through the native kernels (arguments already checked by the caller).
 
     ``forward_kernel``/``backward_kernel``: names from ``acuzoo.ops.KERNELS``; None: the
-    plan's choice among the native kernels (``acuzoo.ops.force`` applies). Differentiable in input, weight, positions and
-    bias. Weight and bias are cast to the input's dtype (autocast: fp16/bf16 input with fp32
-    parameters); positions stay in their own dtype (float32/float64) and the kernels compute
-    taps and accumulate in fp32 (fp64 for float64 input). The output and the input gradient
-    take the input's memory format.
+    plan's choice among the native kernels (``acuzoo.ops.force`` applies). Differentiable in
+    input, weight, positions and bias. Weight and bias are cast to the input's dtype
+    (autocast: fp16/bf16 input with fp32 parameters); positions stay in their own dtype
+    (float32/float64) and the kernels compute taps and accumulate in fp32 (fp64 for float64
+    input). The output and the input gradient take the input's memory format.
     """
     # The global test keeps torch.compile out of load()'s lock once the library is in.
     if _loaded is None and load() is None:

@@ -306,7 +306,8 @@ def describe_call(
         dtype=input.dtype,
         device_type=input.device.type,
         channels_last=memory_format_of(input) == torch.channels_last,
-        threads=torch.get_num_threads(),
+        # While tracing, one thread: the plan then never depends on the host's setting.
+        threads=1 if torch.compiler.is_compiling() else torch.get_num_threads(),
         native=native,
         spread=spread if spread is not None else Spread.of(positions),
     )

@@ -56,7 +56,7 @@ def test_stride_must_be_positive_ints(stride):
 
 def test_unknown_path_is_refused():
     x, w, p = _ok()
-    with pytest.raises(ValueError, match="path must be one of"):
+    with pytest.raises(ValueError, match="path must be .auto., .native. or a name from acuzoo.ops.KERNELS"):
         active_conv2d(x, w, p, None, 1, 2, path="fastest")
 
 

@@ -215,7 +215,7 @@ def test_backward_op_skips_gradients_not_asked_for(ext):
     x, weight, positions, b, stride, groups = make_args(CASES["depthwise"], 1.5)
     grad = torch.randn(2, 6, 7, 8, dtype=torch.float64)
     gx, gw, gp = torch.ops.acuzoo.active_conv2d_backward(
-        grad, x, weight, positions, [stride, stride], groups, [True, False, False]
+        grad, x, weight, positions, [stride, stride], groups, [True, False, False], "cpu.depthwise_planes"
     )
     assert gx.shape == x.shape and gw.numel() == 0 and gp.numel() == 0
 
@@ -246,8 +246,15 @@ def test_meta_tensors_propagate_shapes(ext):
     assert out.shape == (2, 6, 5, 5) and out.device.type == "meta"
 
 
-@pytest.mark.parametrize("case", [CASES["depthwise"], CASES["grouped_P2_groups4"]], ids=["depthwise", "grouped"])
-def test_opcheck_passes(ext, case):
+@pytest.mark.parametrize(
+    "case, kernels",
+    [
+        (CASES["depthwise"], ("cpu.depthwise_blocks", "cpu.depthwise_planes")),
+        (CASES["grouped_P2_groups4"], ("cpu.merged_conv", "cpu.columns")),
+    ],
+    ids=["depthwise", "grouped"],
+)
+def test_opcheck_passes(ext, case, kernels):
     x, weight, positions, b, stride, groups = make_args(case, 1.5)
     args = (
         x.requires_grad_(),
@@ -256,6 +263,7 @@ def test_opcheck_passes(ext, case):
         b.requires_grad_(),
         [stride, stride],
         groups,
+        *kernels,
     )
     torch.library.opcheck(torch.ops.acuzoo.active_conv2d.default, args)
 

@@ -71,9 +71,10 @@ def test_the_cache_name_differs_per_torch_and_python(monkeypatch):
 def test_two_installations_never_share_a_cache_entry(monkeypatch, tmp_path):
     name = native.build_name("cpu")
     copy = tmp_path / "csrc"
-    copy.mkdir()
     for source in native.source_files("cpu"):
-        (copy / source.name).write_bytes(source.read_bytes())
+        target = copy / source.relative_to(native.CSRC)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
     monkeypatch.setattr(native, "CSRC", copy)
     assert native.build_name("cpu") != name
 
