@@ -140,7 +140,7 @@ ACU_HD A gather_plane(const S* grad_plane, int out_h, int out_w, int sh, int sw,
 
 // ---- one output or input element of each kernel -------------------------------------
 // The CUDA kernels are these functions plus launch and reduction code; the CPU "twin"
-// (acu_twin.cpp) loops over the same functions, so their arithmetic and indexing are
+// (cpu/twin.cpp) loops over the same functions, so their arithmetic and indexing are
 // tested against the reference on machines without a GPU.
 
 struct Dims {

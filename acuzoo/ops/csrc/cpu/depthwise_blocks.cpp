@@ -1,7 +1,8 @@
-// Depthwise ACU on the CPU by channel blocks (see acu_cpu_blocks.h).
+// The depthwise ACU on the CPU by channel blocks: cpu.depthwise_blocks and
+// cpu.depthwise_bands.
 //
-// On small planes (MobileNetV2's 28x28 and below) the plane-wise kernels of acu_cpu.cpp
-// spend most of each vector on padding and short rows. Here each channel's synapses are
+// On small planes the plane kernels (depthwise_planes.cpp) spend most of each vector on
+// padding and short rows. Here each channel's synapses are
 // first merged into its dense kernel: the sum over synapses of weight x bilinear weight
 // at each integer offset (Theorem 2; synapses sharing a tap share its read). The layer is
 // then a depthwise correlation with one vector lane per channel: a tap is one
@@ -10,13 +11,14 @@
 // kernel's gradient (one dot of the output gradient with each offset read, over the box
 // of every tap a synapse reads or differentiates), then turns those dots into the weight
 // and position sums with the synapses' bilinear value and slope weights.
-// Two schemes (reads_in_place): narrow kernels read the channels-last tensors in place,
-// at any stride (acu_cpu_inplace.h); wide ones at stride 1 copy bands of channels, sized
-// to stay in L2 with their zero borders. Either way a backward task owns some channels for
+// Two schemes, one kernel each: depthwise_blocks reads the channels-last tensors in place,
+// at any stride (depthwise_blocks_in_place.h), gathering the taps of pixels near the left
+// and right edges into zero-padded runs; depthwise_bands (stride 1) copies bands of
+// channels with zero borders, sized to stay in L2, which costs less where many pixels are
+// near the edges (wide merged kernels). Either way a backward task owns some channels for
 // a fixed range of samples, and those ranges' dots are added in order: bitwise
 // reproducible for any thread count.
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstring>
@@ -130,8 +132,8 @@ Merged<T> merged_boxes(const std::vector<AxisTaps<T>>& taps, const Geometry& g) 
 }
 
 // A layer's taps and boxes, kept while its positions' values and plane stay the same: the
-// cost rule, the forward and the backward of one training step all need them, and at 960
-// channels computing them costs ~60 us a time against a ~5 us compare of the positions.
+// forward and the backward of one training step both need them, and with many channels
+// computing them costs far more than comparing the positions (see bench/RESULTS.md).
 template <typename T>
 struct Prepared {
   std::vector<AxisTaps<T>> taps;
@@ -202,8 +204,8 @@ Merged<T> merge(const Prepared<T>& prep, const T* w, const Geometry& g, int64_t 
   m.cpad = (g.c_out + L - 1) / L * L;
   if (!want_kernel) return m;
   m.kernel.assign(m.value.taps() * m.cpad, T(0));
-  // By ranges of channels on every thread (each writes its own channels): at 960 channels
-  // one thread took ~17 % of a call's fixed cost here.
+  // By ranges of channels on every thread (each writes its own channels): with many
+  // channels the merge is a sizeable share of a call's fixed cost.
   T* kernel = m.kernel.data();
   at::parallel_for(0, g.c_out, 64, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {

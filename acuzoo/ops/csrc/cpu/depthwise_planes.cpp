@@ -17,15 +17,12 @@
 namespace acu {
 namespace {
 
-
 // Depthwise work is split by (channel, stack of samples). At stride 1 the planes of
 // several samples of one channel lie side by side in one buffer, sharing their zero
-// borders, so that each tap is one loop over the whole row of planes (a 7x7 plane is a
-// 49-long loop; 32 of them with shared +-3 borders, ~2.3k). One row rather than a
-// square grid of planes: the loop then covers only the planes' rows and the borders
-// between them (at 28x28 and +-3, 884 loop elements per plane against 1125), and larger
-// stacks pay fewer borders (forward at 192x28, +-3, one thread: 8.3-10 ms with 32 planes
-// a stack, 9.1 with 5, 11.7 with 2; single runs). The borders are never copied out.
+// borders, so that each tap is one long loop over the whole row of planes rather than a
+// short one per plane. One row rather than a square grid of planes: the loop then covers
+// only the planes' rows and the borders between them, and larger stacks pay fewer
+// borders (see bench/RESULTS.md). The borders are never copied out.
 // Strided planes (phases) go one at a time. Stacks depend only on the batch and plane
 // sizes, so sums keep their order.
 constexpr int64_t kStackElements = 32768;

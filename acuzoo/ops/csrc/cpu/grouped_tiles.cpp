@@ -1,4 +1,7 @@
-// Grouped/shared ACU on the CPU by tiles, channels-last (see acu_cpu_tiles.h).
+// The grouped and shared ACU on the CPU by tiles (cpu.grouped_tiles), channels-last:
+// bilinear columns of a few output rows at a time, kept in cache and contracted by GEMM at
+// once, forward and backward; the whole columns buffer of the batch (N x C_in*K x H*W) is
+// never built.
 //
 // A tile is a band of output rows of one sample. Its columns, one row per output pixel
 // holding (synapse, input channel) reads, fit in L2; one GEMM per unit contracts them

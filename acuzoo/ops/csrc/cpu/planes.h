@@ -75,8 +75,7 @@ inline int64_t tap_offset(const PhaseBox& b, int dr, int dc) {
 }
 
 // Row copies inline, in fixed-size pieces: on 7- to 28-wide rows a memmove call costs
-// more than the copy, and GCC turns a plain copy loop into one (the calls took about a
-// tenth of the planes' forward at 192x28: 12.3 -> 11.0 ms on one thread without them).
+// more than the copy, and GCC turns a plain copy loop into one.
 inline void copy_bytes(const char* __restrict src, int64_t n, char* __restrict dst) {
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
@@ -234,7 +233,7 @@ Read3<T> synapse_backward(const T* g, const T* xb, T* gxb, const PhaseBox& b, co
       if (!tap_hits(dc, s.w)) continue;
       const T cv = ta.value[i] * tb.value[j], ca = ta.slope[i] * tb.value[j], cb = ta.value[i] * tb.slope[j];
       // Plain loops here, not for_each_tap's callback: through a lambda's captures GCC
-      // no longer vectorises the passes below (4x slower on strided layers).
+      // does not vectorise the passes below.
       const bool dot = want_dots && (cv != T(0) || ca != T(0) || cb != T(0));
       const bool scatter = gxb != nullptr && cv != T(0);
       const int64_t off = tap_offset(b, dr, dc);

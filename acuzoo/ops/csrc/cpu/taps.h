@@ -1,5 +1,5 @@
-// CPU helpers shared by the kernels of acu_cpu.cpp, acu_cpu_blocks.cpp and
-// acu_cpu_tiles.cpp: the axis taps of every synapse, the walk over a channel's taps,
+// Helpers shared by the CPU kernels: the axis taps of every synapse, the walk over a
+// channel's taps,
 // 64-byte vectors that GCC lowers to AVX-512 (or to pairs/quads of narrower registers
 // elsewhere), and a sample's strides.
 #pragma once

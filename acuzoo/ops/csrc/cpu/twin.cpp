@@ -1,4 +1,4 @@
-// The CUDA kernels' CPU twin: the same per-element functions of acu_math.h (the bodies of
+// The CUDA kernels' CPU twin: the same per-element functions of common/math.h (the bodies of
 // the CUDA kernels), looped over on the CPU. Registered as acuzoo::_twin_active_conv2d and
 // acuzoo::_twin_active_conv2d_backward for the tests, so that the arithmetic and indexing
 // the GPU runs are checked against the reference on every CI run, GPU or not. Not fast.

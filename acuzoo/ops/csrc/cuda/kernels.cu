@@ -1,5 +1,5 @@
 // CUDA kernels of the ACU: launch and reduction code around the shared arithmetic of
-// acu_math.h. Inputs in half/bfloat16/float/double; taps, positions and every sum in the
+// common/math.h. Inputs in half/bfloat16/float/double; taps, positions and every sum in the
 // op-math type (float for the 16-bit types). No float atomics: the input gradient is a
 // gather (each input element summed by one thread) and the weight/position gradients are
 // per-block partial sums, tree-reduced in a fixed order, then reduced across blocks in a
@@ -66,7 +66,7 @@ inline Units units_of(const Geometry& g) {
        idx += int64_t(gridDim.x) * blockDim.x)
 
 // ---- depthwise ---------------------------------------------------------------------
-// One thread per channel builds the channel's sparse table (acu_math.h); the forward,
+// One thread per channel builds the channel's sparse table (common/math.h); the forward,
 // input-gradient and cell-dot kernels then work inside one channel per block, with the
 // table's lists in shared memory. Indices inside a plane are 32-bit (a GPU's 64-bit
 // division costs several times a 32-bit one).
