@@ -84,5 +84,6 @@ def main() -> None:
     for name in args.models:
         bench_one(name, x, args.reps, ort, options)
 
+
 if __name__ == "__main__":
     main()
