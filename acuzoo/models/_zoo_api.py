@@ -9,8 +9,6 @@ nothing) and the head pools and classifies. ``ZooModel`` implements timm's API o
 ``no_weight_decay``. A family supplies only its layout: see ``ZooModel``.
 """
 
-from __future__ import annotations
-
 import re
 from typing import Any
 
