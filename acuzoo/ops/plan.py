@@ -126,7 +126,7 @@ class Threshold:
     reason: str
 
 
-# Every number the plan compares against, once. Figures behind them: bench/RESULTS.md.
+# Every number the plan compares against, once. The measurements behind them: bench/HISTORY.md.
 THRESHOLDS: dict[str, Threshold] = {
     "small_strided_pixels": Threshold(
         49, "depthwise output planes under 7x7 at stride 2: the dense path's conv beats the native kernels"
