@@ -9,7 +9,7 @@ import torch
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     """channels_last where ``t`` is laid out so and not also NCHW-contiguous, else NCHW.
 
-    The native kernels' rule (csrc/acu_driver.h, ``is_channels_last``): a tensor that is
+    The native kernels' rule (csrc/common/geometry.h, ``is_channels_last``): a tensor that is
     both (one channel, or one pixel) counts as NCHW, and so does any other stride pattern.
     """
     channels_last = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)

@@ -326,7 +326,7 @@ def test_build_name_changes_with_the_variant():
     assert native.build_name("cpu") == native.build_name("cpu")
 
 
-# The CUDA kernels are launch code around per-element functions (csrc/acu_math.h); the
+# The CUDA kernels are launch code around per-element functions (csrc/common/math.h); the
 # "twin" ops run those same functions on the CPU, so the GPU's arithmetic and indexing
 # are held to the reference here too.
 TWIN_SPREADS = {"grid": None, "1.5": 1.5, "far": 12.0}

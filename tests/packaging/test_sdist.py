@@ -24,7 +24,9 @@ def sdist_names(tmp_path_factory) -> set[str]:
 
 def test_sdist_has_license_build_files_and_kernel_sources(sdist_names):
     assert {"LICENSE", "pyproject.toml", "setup.py", "MANIFEST.in", "constraints.txt"} <= sdist_names
-    expected_sources = {f"acuzoo/ops/csrc/{p.name}" for p in (ROOT / "acuzoo/ops/csrc").iterdir() if p.is_file()}
+    csrc = ROOT / "acuzoo/ops/csrc"
+    expected_sources = {str(p.relative_to(ROOT)) for p in csrc.rglob("*") if p.is_file() and p.suffix != ".pyc"}
+    assert {"acuzoo/ops/csrc/cpu/depthwise_blocks.cpp", "acuzoo/ops/csrc/cuda/kernels.cu"} <= expected_sources
     assert expected_sources <= sdist_names
 
 
