@@ -52,8 +52,23 @@ def plan_for(
 _checked_devices: dict[str, bool] = {}
 
 
+_serves: dict[tuple, bool] = {}
+
+
 def native_serves(x: torch.Tensor) -> bool:
-    """Whether the native kernels are built, support ``x``'s dtype, and pass on its device."""
+    """Whether the native kernels are built, support ``x``'s dtype, and pass on its device.
+
+    Remembered per (device, dtype, loaded library): the answer is read on every call."""
+    key = (x.device, x.dtype, native._loaded)
+    if native._loaded is not None and key in _serves:
+        return _serves[key]
+    answer = _native_serves(x)
+    if native._loaded is not None:
+        _serves[(x.device, x.dtype, native._loaded)] = answer
+    return answer
+
+
+def _native_serves(x: torch.Tensor) -> bool:
     if not native.supported_dtype(x.device, x.dtype) or not native.native_available(x.device):
         return False
     if x.device.type == "cpu":
