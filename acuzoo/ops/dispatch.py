@@ -12,7 +12,7 @@ from .columns import columns_active_conv2d
 from .dense import dense_active_conv2d
 from .geometry import output_size
 from .layout import memory_format_of, to_memory_format
-from .plan import KERNELS, Plan, Spread, apply_forced, describe_call, forced, plan_call
+from .plan import KERNELS, Plan, Spread, apply_forced, describe_call, directions_of, forced, plan_call
 from .reference import reference_active_conv2d
 from .validation import autocast_enabled, check_active_conv2d_args, pair
 
@@ -42,16 +42,10 @@ def plan_for(
     call = describe_call(input, weight, positions, stride, groups, native_serves(input), spread)
     max_synapses = native.cuda_depthwise_max_synapses() if call.native and call.device_type == "cuda" else None
     planned = plan_call(call, max_synapses, allow_pytorch=path != "native")
-    if path in KERNELS:
-        kernel = KERNELS[path]
-        backward = path if "backward" in kernel.directions else None
-        return apply_forced(call, planned, path, backward)
-    return apply_forced(call, planned, *forced())
+    return apply_forced(call, planned, *(directions_of(path) if path in KERNELS else forced()))
 
 
 _checked_devices: dict[str, bool] = {}
-
-
 _serves: dict[tuple, bool] = {}
 
 
@@ -165,13 +159,14 @@ def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
         # A model cast to fp16/bf16: sub-pixel positions need fp32 to be worth learning.
         positions = positions.float()
     plan = plan_for(input, weight, positions, stride, groups, path)
-    if torch.autograd.profiler._is_profiler_enabled and plan.forward in _PYTORCH_RUNS:
-        # The native kernels label themselves; these are labelled here, in the same form.
-        with torch.profiler.record_function(f"acuzoo:{plan.forward}:forward"):
-            return _PYTORCH_RUNS[plan.forward](input, weight, positions, bias, stride, groups)
-    if plan.forward in _PYTORCH_RUNS:
-        return _PYTORCH_RUNS[plan.forward](input, weight, positions, bias, stride, groups)
-    return native.native_active_conv2d(input, weight, positions, bias, stride, groups, plan.forward, plan.backward)
+    run = _PYTORCH_RUNS.get(plan.forward)
+    if run is None:
+        return native.native_active_conv2d(input, weight, positions, bias, stride, groups, plan.forward, plan.backward)
+    if not torch.autograd.profiler._is_profiler_enabled:
+        return run(input, weight, positions, bias, stride, groups)
+    # The native kernels label themselves; these are labelled here, in the same form.
+    with torch.profiler.record_function(f"acuzoo:{plan.forward}:forward"):
+        return run(input, weight, positions, bias, stride, groups)
 
 
 def _columns(input, weight, positions, bias, stride, groups) -> torch.Tensor:

@@ -473,9 +473,7 @@ def force(name: str | None = None, *, forward: str | None = None, backward: str 
     if name is not None:
         if forward is not None or backward is not None:
             raise ValueError("force takes a name or forward=/backward=, not both")
-        kernel = _known(name, "name")
-        forward = name
-        backward = name if "backward" in kernel.directions else None
+        forward, backward = directions_of(name)
     for arg, value in (("forward", forward), ("backward", backward)):
         if value is not None:
             _known(value, arg)
@@ -491,6 +489,12 @@ def force(name: str | None = None, *, forward: str | None = None, backward: str 
         yield
     finally:
         _forced.pair = previous
+
+
+def directions_of(name: str) -> tuple[str, str | None]:
+    """(forward, backward) a kernel's name forces: every direction the kernel runs."""
+    kernel = _known(name, "name")
+    return name, (name if "backward" in kernel.directions else None)
 
 
 def _known(name: str, arg: str) -> Kernel:
