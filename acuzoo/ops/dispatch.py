@@ -12,7 +12,18 @@ from .columns import columns_active_conv2d
 from .dense import dense_active_conv2d
 from .geometry import output_size
 from .layout import memory_format_of, to_memory_format
-from .plan import KERNELS, Plan, Spread, apply_forced, describe_call, directions_of, forced, plan_call
+from .plan import (
+    KERNELS,
+    Plan,
+    Spread,
+    apply_forced,
+    describe_call,
+    directions_of,
+    forced,
+    plan_call,
+    planning_threads,
+    values_readable,
+)
 from .reference import reference_active_conv2d
 from .validation import autocast_enabled, check_active_conv2d_args, pair
 
@@ -39,12 +50,45 @@ def plan_for(
         raise ValueError(
             f"positions must lie within +-{MAX_DISPLACEMENT:.0f} px of their anchor; got {spread.low} .. {spread.high}"
         )
-    call = describe_call(input, weight, positions, stride, groups, native_serves(input), spread)
+    serves = native_serves(input)
+    directions = directions_of(path) if path in KERNELS else forced()
+    if not values_readable(input):
+        return _plan(input, weight, positions, stride, groups, path, serves, spread, directions)
+    # Everything the plan reads, as a key: a layer's calls repeat it step after step, and the
+    # plan is a function of it (the spread through its signature only).
+    key = (
+        input.shape,
+        input.stride(),
+        weight.shape,
+        positions.shape[0],
+        stride,
+        groups,
+        input.dtype,
+        input.device.type,
+        planning_threads(),
+        serves,
+        spread.signature(),
+        path,
+        directions,
+    )
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plan(input, weight, positions, stride, groups, path, serves, spread, directions)
+        if len(_plans) >= MAX_REMEMBERED_PLANS:
+            _plans.clear()
+        _plans[key] = plan
+    return plan
+
+
+def _plan(input, weight, positions, stride, groups, path, serves, spread, directions) -> Plan:
+    call = describe_call(input, weight, positions, stride, groups, serves, spread)
     max_synapses = native.cuda_depthwise_max_synapses() if call.native and call.device_type == "cuda" else None
     planned = plan_call(call, max_synapses, allow_pytorch=path != "native")
-    return apply_forced(call, planned, *(directions_of(path) if path in KERNELS else forced()))
+    return apply_forced(call, planned, *directions)
 
 
+MAX_REMEMBERED_PLANS = 4096
+_plans: dict[tuple, Plan] = {}
 _checked_devices: dict[str, bool] = {}
 _serves: dict[tuple, bool] = {}
 

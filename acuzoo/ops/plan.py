@@ -190,8 +190,17 @@ class Spread:
         flat = positions.detach()
         if flat.numel() == 0:
             return Spread((0.0, 0.0), (0.0, 0.0))
-        low, high = float(flat.min()), float(flat.max())
+        low, high = (float(t) for t in torch.aminmax(flat))
         return Spread((low, low), (high, high))
+
+    def signature(self) -> tuple:
+        """What the plan reads of the spread: per axis the integer box around it and whether
+        its ends lie on integers (they set the radius of the central-difference slope). Two
+        spreads with one signature get one plan."""
+        return tuple(
+            (math.floor(low), math.ceil(high), low.is_integer(), high.is_integer())
+            for low, high in zip(self.low, self.high)
+        )
 
     def finite(self) -> bool:
         return all(math.isfinite(v) for v in (*self.low, *self.high))
@@ -216,7 +225,16 @@ GRID_SPREAD = Spread((-1.0, -1.0), (1.0, 1.0))
 
 def values_readable(t: torch.Tensor) -> bool:
     """Whether ``t`` has values the host can read now (not meta, not fake, not being traced)."""
-    return not (t.is_meta or torch.compiler.is_compiling() or is_fake(t))
+    if t.is_meta or torch.compiler.is_compiling():
+        return False
+    # A plain tensor or parameter is never fake; only subclasses need the full test.
+    return type(t) in (torch.Tensor, torch.nn.Parameter) or not is_fake(t)
+
+
+def planning_threads() -> int:
+    """The thread count the plan reads: one while tracing, so a traced plan never depends on
+    the host's setting."""
+    return 1 if torch.compiler.is_compiling() else torch.get_num_threads()
 
 
 @dataclass(frozen=True)
@@ -307,8 +325,7 @@ def describe_call(
         dtype=input.dtype,
         device_type=input.device.type,
         channels_last=memory_format_of(input) == torch.channels_last,
-        # While tracing, one thread: the plan then never depends on the host's setting.
-        threads=1 if torch.compiler.is_compiling() else torch.get_num_threads(),
+        threads=planning_threads(),
         native=native,
         spread=spread if spread is not None else Spread.of(positions),
     )

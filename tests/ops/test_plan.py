@@ -188,3 +188,30 @@ def test_every_threshold_has_a_value_and_a_one_line_reason():
 def test_no_native_test_hook_ships_in_the_op_namespace(ext):
     ops = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("acuzoo::")]
     assert not [n for n in ops if n.startswith("acuzoo::_set")], ops
+
+
+def test_a_remembered_plan_is_the_plan_of_the_call_at_hand(ext):
+    # Plans are remembered by a key that reads the spread through its signature only: calls
+    # whose positions differ but share it must get what a fresh plan would give them.
+    gen = torch.Generator().manual_seed(1)
+    geometries = [(arguments, x) for (arguments, x), _ in PICKS.values()]
+    for c, size, stride in mobilenet_depthwise_layers()[::2]:
+        for channels_last in (False, True):
+            arguments, x = call(c, c, c, c, (size // 4, size // 4), stride=stride, channels_last=channels_last)
+            geometries.append((arguments, x))
+    dispatch._plans.clear()
+    hits = 0
+    for arguments, x in geometries:
+        sets, k, _ = arguments["positions"].shape
+        for scale in (0.5, 1.0, 1.5, 2.0, 3.0, 4.5):
+            for integers in (False, True):
+                positions = (torch.rand(sets, k, 2, generator=gen, dtype=x.dtype) * 2 - 1) * scale
+                if integers:
+                    positions = positions.round()
+                args = (x, arguments["weight"], positions, dispatch.pair(arguments["stride"], "stride"))
+                spread = dispatch.Spread.of(positions)
+                fresh = dispatch._plan(*args, arguments["groups"], "auto", True, spread, (None, None))
+                remembered = len(dispatch._plans)
+                assert dispatch.plan_for(*args, arguments["groups"]) == fresh, (tuple(x.shape), spread)
+                hits += len(dispatch._plans) == remembered
+    assert hits > 0  # the key did repeat: the check above compared remembered plans too
