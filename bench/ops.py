@@ -20,7 +20,7 @@ Shapes (``--shapes``): MobileNetV2's depthwise layers at 224 px, batch 32; Xcept
 ACU layers at 299 px (C128 147x147 at batch 16, C728 37x37 and 19x19 at batch 32); a dense CIFAR
 layer (64 -> 64, 32x32, batch 128, one shared position set); and the narrow-group layer of
 cifar_resnet29_x4d_acu (64 -> 64 in 16 groups of 4, a position set per group, 32x32, batch 128).
-Positions at init, spread +-1.5, +-3.
+Positions at init, spread +-1.5, +-3 (``--spreads``; "+-6" adds far synapses).
 
     .venv/bin/python bench/ops.py [--kernels auto cpu.depthwise_planes ...] [--threads 2]
         [--format both|nchw|channels_last] [--csv cells.csv] [--shapes "dw C384 14" ...]
@@ -90,7 +90,8 @@ SHAPES = {
     "dense 64 32 P1": (64, 64, 32, 32, 1, 1, 1, 128),
     "g16 64 32 P16": (64, 64, 32, 32, 1, 16, 16, 128),
 }
-SPREADS = {"init": 0.0, "+-1.5": 1.5, "+-3": 3.0}
+SPREADS = {"init": 0.0, "+-1.5": 1.5, "+-3": 3.0, "+-6": 6.0}
+DEFAULT_SPREADS = ("init", "+-1.5", "+-3")  # "+-6": far synapses, where columns outrun the dense box
 CSV_FIELDS = ("shape", "spread", "kernel", "format", "fwd_ms", "fb_ms", "conv_fwd_ms", "conv_fb_ms", "picks", "ran")
 
 
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--format", choices=["both", "nchw", "channels_last"], default="both")
     parser.add_argument("--csv", type=Path, help="write one row per (shape, spread, kernel) cell here")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), metavar="SHAPE")
+    parser.add_argument("--spreads", nargs="+", default=list(DEFAULT_SPREADS), choices=list(SPREADS))
     parser.add_argument("--no-deform", action="store_true", help="skip the (slow) deform_conv2d baseline")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each timing keeps its best")
     parser.add_argument("--budget", type=float, default=0.3, help="seconds of repeats per timing and round")
@@ -228,7 +230,8 @@ def main() -> None:
         grad = torch.randn(n, c_out, (h - 1) // s + 1, (w - 1) // s + 1)
         conv_w = torch.randn(c_out, c_in // g, 3, 3, requires_grad=True)
         deform_fb = None
-        for spread_name, spread in SPREADS.items():
+        for spread_name in args.spreads:
+            spread = SPREADS[spread_name]
             pos = grid.expand(p, 9, 2).clone()
             if spread:
                 pos = (torch.rand(p, 9, 2) * 2 - 1) * spread

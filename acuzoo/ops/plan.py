@@ -136,9 +136,6 @@ THRESHOLDS: dict[str, Threshold] = {
     "blocks_taps_per_pixel": Threshold(
         64, "channel blocks pay the merged kernel's whole box per pixel; beyond this many taps the planes win"
     ),
-    "blocks_nchw_pixels": Threshold(
-        100, "NCHW input: channel blocks pay two transposes, which only planes up to 10x10 repay"
-    ),
     "in_place_interior": Threshold(
         0.75, "blocks read in place while this share of an output row reads clear of the edges, else by bands"
     ),
@@ -387,16 +384,14 @@ def _plan_cpu_depthwise(call: Call, allow_pytorch: bool, why: list[str]) -> Plan
         )
         return Plan("dense", "dense")
     taps = _taps_per_pixel(call)
-    small_nchw = call.height * call.width <= threshold("blocks_nchw_pixels")
-    if not (call.channels_last or small_nchw):
-        why.append(f"NCHW {call.height}x{call.width} plane: planes (blocks would pay two transposes)")
+    if not call.channels_last:
+        why.append("NCHW input: planes (channel blocks would pay two transposes)")
         return Plan("cpu.depthwise_planes", "cpu.depthwise_planes")
     if taps > threshold("blocks_taps_per_pixel"):
         why.append(f"merged kernel reads {taps:.0f} taps per pixel: planes (each synapse's own taps)")
         return Plan("cpu.depthwise_planes", "cpu.depthwise_planes")
     blocks = _blocks_variant(call)
-    layout = "channels_last" if call.channels_last else f"small NCHW {call.height}x{call.width} plane"
-    why.append(f"{layout}, merged kernel of {taps:.0f} taps per pixel: channel blocks ({blocks})")
+    why.append(f"channels_last, merged kernel of {taps:.0f} taps per pixel: channel blocks ({blocks})")
     forward = blocks
     radius = call.merged_radius()
     if call.dtype == torch.float32 and radius is not None and radius <= threshold("depthwise_merged_radius"):
