@@ -52,6 +52,9 @@ class ImageClassifier(pl.LightningModule):
         schedule_length: linear decay length; default the trainer's max_epochs or total steps.
         channels_last: keep the model's 4-D weights and every input batch channels-last (as timm's
             ``--channels-last``); on the CPU, depthwise ACUs then take the channel-block kernels.
+        compile: compile the model with ``torch.compile``'s default backend (inductor), in place
+            (``nn.Module.compile``: parameter names and checkpoints stay those of the eager model).
+            Each ACU layer is one node of the graph; the first step of each stage pays the compile.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class ImageClassifier(pl.LightningModule):
         gamma: float = 0.1,
         schedule_length: int | None = None,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         check_input_size(input_size)
         super().__init__()
@@ -96,6 +100,8 @@ class ImageClassifier(pl.LightningModule):
         if channels_last:
             # Module.to keeps each tensor's strides afterwards (device moves, checkpoint loads).
             self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top5 = min(5, num_classes)
         # One metric object per stage (torchmetrics keep state between update and compute); the

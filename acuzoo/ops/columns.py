@@ -89,12 +89,17 @@ def _position_slopes(grad, xp, window: _Window, c0, c1, alpha: float, beta: floa
 
 class _BilinearColumns(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, positions, segments, stride, out_hw):
-        n, _, h, w = x.shape
-        k = positions.shape[1]
+    def geometry(x, positions, stride, out_hw):
+        """(the positions as floats, the padded window every read stays inside)."""
         coords = positions.detach().double().cpu().tolist()
         reach = max((abs(v) for pset in coords for syn in pset for v in syn), default=0.0)
-        window = _Window.reaching(reach, (h, w), stride, out_hw)
+        return coords, _Window.reaching(reach, tuple(x.shape[-2:]), stride, out_hw)
+
+    @staticmethod
+    def forward(x, positions, segments, stride, out_hw):
+        n = x.shape[0]
+        k = positions.shape[1]
+        coords, window = _BilinearColumns.geometry(x, positions, stride, out_hw)
         xp = F.pad(x, (window.pad,) * 4)
         widths = [stop - start for _, start, stop in segments]
         cols = x.new_empty((n, sum(widths), k, *out_hw))
@@ -105,14 +110,22 @@ class _BilinearColumns(torch.autograd.Function):
                 cols_, _ = _taps(coords[p][s][1])
                 _interpolate_into(cols[:, offset : offset + width, s], xp, window, c0, c1, rows, cols_)
             offset += width
-        ctx.save_for_backward(xp)
-        ctx.conf = (coords, segments, widths, window, (h, w), positions.dtype, memory_format_of(x))
         return cols
 
     @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        # Apart from forward, as torch.func transforms (vjp) need: the geometry is read again.
+        x, positions, segments, stride, out_hw = inputs
+        coords, window = _BilinearColumns.geometry(x, positions, stride, out_hw)
+        widths = [stop - start for _, start, stop in segments]
+        ctx.save_for_backward(x)
+        ctx.conf = (coords, segments, widths, window, tuple(x.shape[-2:]), positions.dtype, memory_format_of(x))
+
+    @staticmethod
     def backward(ctx, grad_cols):
-        (xp,) = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         coords, segments, widths, window, (h, w), pos_dtype, memory_format = ctx.conf
+        xp = F.pad(x, (window.pad,) * 4)
         need_x, need_pos = ctx.needs_input_grad[:2]
         k = len(coords[0])
         grad_xp = torch.zeros_like(xp) if need_x else None

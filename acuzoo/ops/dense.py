@@ -68,13 +68,17 @@ class _TightConv(torch.autograd.Function):
     position slope at integer border taps needs."""
 
     @staticmethod
-    def forward(ctx, x, kernel_ext, bias, stride, radius, margin, groups):
+    def forward(x, kernel_ext, bias, stride, radius, margin, groups):
         ma, mb = margin
         kh, kw = kernel_ext.shape[-2:]
         tight = kernel_ext[:, :, ma : kh - ma, mb : kw - mb]
+        return F.conv2d(x, tight, bias, stride, radius, 1, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, kernel_ext, bias, stride, radius, margin, groups = inputs
         ctx.save_for_backward(x, kernel_ext)
         ctx.conf = (stride, radius, margin, groups, bias is not None)
-        return F.conv2d(x, tight, bias, stride, radius, 1, groups)
 
     @staticmethod
     def backward(ctx, grad):

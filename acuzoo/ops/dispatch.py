@@ -202,6 +202,14 @@ def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
     if positions.dtype not in (torch.float32, torch.float64):
         # A model cast to fp16/bf16: sub-pixel positions need fp32 to be worth learning.
         positions = positions.float()
+    if not (values_readable(positions) and values_readable(input)):
+        # Traced (torch.compile, torch.export): one opaque op that plans at run time.
+        return torch.ops.acuzoo.planned_conv2d(input, weight, positions, bias, list(stride), groups, path)
+    return run_planned(input, weight, positions, bias, stride, groups, path)
+
+
+def run_planned(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
+    """Plan the call from its values and run the forward kernel (autograd included)."""
     plan = plan_for(input, weight, positions, stride, groups, path)
     run = _PYTORCH_RUNS.get(plan.forward)
     if run is None:
@@ -211,6 +219,21 @@ def _run(input, weight, positions, bias, stride, groups, path) -> torch.Tensor:
     # The native kernels label themselves; these are labelled here, in the same form.
     with torch.profiler.record_function(f"acuzoo:{plan.forward}:forward"):
         return run(input, weight, positions, bias, stride, groups)
+
+
+def run_planned_backward(grad, input, weight, positions, stride, groups, path, output_mask) -> list:
+    """Gradients of input, weight and positions (None where not in ``output_mask``) by the
+    backward kernel the plan names for these values."""
+    plan = plan_for(input, weight, positions, stride, groups, path)
+    if plan.backward not in _PYTORCH_RUNS:
+        gx, gw, gp = torch.ops.acuzoo.active_conv2d_backward(
+            grad, input, weight.to(input.dtype), positions, list(stride), groups, list(output_mask), plan.backward
+        )
+        return [g if wanted else None for g, wanted in zip((gx, gw, gp), output_mask)]
+    # torch.func, not autograd.grad: inside an op's implementation autograd records nothing.
+    run = _PYTORCH_RUNS[plan.backward]
+    _, vjp = torch.func.vjp(lambda x, w, p: run(x, w, p, None, stride, groups), input, weight, positions)
+    return [g if wanted else None for g, wanted in zip(vjp(grad), output_mask)]
 
 
 def _columns(input, weight, positions, bias, stride, groups) -> torch.Tensor:

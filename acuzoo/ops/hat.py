@@ -22,10 +22,14 @@ def hat_slope(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Hat(torch.autograd.Function):
+    # forward and setup_context apart: torch.func transforms (vjp) need this form.
     @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(t)
+    def forward(t: torch.Tensor) -> torch.Tensor:
         return (1 - t.abs()).clamp_min(0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     @once_differentiable

@@ -20,9 +20,12 @@ class _ToMemoryFormat(torch.autograd.Function):
     """``x`` in another memory format, whose gradient comes back in ``x``'s own."""
 
     @staticmethod
-    def forward(ctx, x, memory_format):
-        ctx.source_format = memory_format_of(x)
+    def forward(x, memory_format):
         return x.contiguous(memory_format=memory_format).view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.source_format = memory_format_of(inputs[0])
 
     @staticmethod
     def backward(ctx, grad):

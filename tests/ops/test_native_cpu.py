@@ -151,8 +151,10 @@ def test_channels_last_input_gives_the_same_result(ext, case):
     x, *rest = make_args(case, 1.5)
     out, got = grads(native.native_active_conv2d, x.contiguous(memory_format=torch.channels_last), *rest)
     ref, want = grads(native.native_active_conv2d, x, *rest)
-    assert torch.equal(out, ref)
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    # The plan may pick another kernel for each format (planes for NCHW, blocks for
+    # channels_last): the same result up to rounding.
+    assert max_err(out, ref) < TOL
+    assert all(max_err(a, b) < TOL for a, b in zip(got, want))
 
 
 @pytest.mark.parametrize("case", [CASES["depthwise"], CASES["grouped_P_groups"]], ids=["depthwise", "grouped"])

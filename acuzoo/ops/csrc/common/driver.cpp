@@ -87,8 +87,10 @@ Gradients op_gradients(const Gradients& grads, const at::Tensor& input, const at
                        const at::Tensor& positions) {
   const auto& [gx, gw, gp] = grads;
   return {gx.defined() ? in_format_of(gx, input) : at::empty({0}, input.options()),
-          gw.defined() ? gw.to(weight.scalar_type()) : at::empty({0}, weight.options()),
-          gp.defined() ? gp.to(positions.scalar_type()) : at::empty({0}, positions.options())};
+          gw.defined() ? in_exact_layout(gw.to(weight.scalar_type()), at::MemoryFormat::Contiguous)
+                       : at::empty({0}, weight.options()),
+          gp.defined() ? in_exact_layout(gp.to(positions.scalar_type()), at::MemoryFormat::Contiguous)
+                       : at::empty({0}, positions.options())};
 }
 
 at::Tensor run_forward(c10::DeviceType device, const at::Tensor& input, const at::Tensor& weight,

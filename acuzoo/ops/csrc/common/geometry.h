@@ -1,6 +1,7 @@
 // The geometry of one ACU call, and the memory format its outputs take.
 #pragma once
 
+#include <c10/util/strides.h>
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
@@ -58,8 +59,20 @@ inline at::MemoryFormat memory_format_of(const at::Tensor& t) {
   return is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// ``t`` with exactly the strides torch.empty gives its sizes in ``format``: what the fake
+// kernels promise torch.compile. A tensor that merely counts as that format (a dimension of
+// size one with another stride) is copied.
+inline at::Tensor in_exact_layout(const at::Tensor& t, at::MemoryFormat format) {
+  const bool channels_last = format == at::MemoryFormat::ChannelsLast && t.dim() == 4;
+  const bool exact = channels_last ? t.strides() == at::IntArrayRef(c10::get_channels_last_strides_2d(t.sizes()))
+                                   : t.strides() == at::IntArrayRef(c10::contiguous_strides(t.sizes()));
+  if (exact) return t;
+  return at::empty(t.sizes(), t.options().memory_format(channels_last ? format : at::MemoryFormat::Contiguous))
+      .copy_(t);
+}
+
 inline at::Tensor in_format_of(const at::Tensor& out, const at::Tensor& input) {
-  return out.contiguous(memory_format_of(input));
+  return in_exact_layout(out, memory_format_of(input));
 }
 
 }  // namespace acu
