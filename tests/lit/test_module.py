@@ -208,3 +208,29 @@ def test_num_classes_that_does_not_match_the_data_is_refused_at_setup_with_both_
 
 def test_data_config_carries_the_heads_class_count_for_data_modules():
     assert ImageClassifier("mobilenetv2_035", num_classes=3).data_config["num_classes"] == 3
+
+
+def test_compile_trains_the_model_compiled_in_place_with_the_eager_parameter_names(tmp_path):
+    from acuzoo.lit import PositionLearningRate, SyntheticData
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 4, "in_chans": 1, "input_size": 16, "convert_to_acu": True}
+    module = ImageClassifier("mobilenetv2_035", compile=True, **kwargs)
+    eager = ImageClassifier("mobilenetv2_035", **kwargs)
+    assert list(module.state_dict()) == list(eager.state_dict())
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[PositionLearningRate()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=SyntheticData(num_samples=8, num_classes=4, batch_size=4))
+    assert trainer.global_step == 2
+    assert module.model._compiled_call_impl is not None
+    positions = [n for n, _ in module.model.named_parameters() if n.endswith("positions")]
+    assert positions and all(not torch.equal(before[n], module.model.get_parameter(n)) for n in positions)
