@@ -1,7 +1,7 @@
 """A training step of MobileNetV2 x1.0 with depthwise ACUs against its conv twin, interleaved.
 
     .venv/bin/python bench/train_step.py [--batch 32] [--size 224] [--steps 5] [--warmup 2]
-        [--spread 1.5] [--threads 2] [--allocator glibc-keep] [--explain]
+        [--spread 1.5] [--threads 2] [--allocator glibc-keep] [--explain] [--compile]
 
 Models: ``mobilenetv2_acu_100`` (every depthwise conv a depthwise ACU) and
 ``mobilenetv2_conv_100`` (the same network with convs), float32, channels_last, random images
@@ -10,6 +10,10 @@ positions move off the grid by uniform(-spread, spread) px, as after some traini
 is zero_grad, forward, cross-entropy, backward and the optimizer's step. After ``--warmup``
 steps of each, rounds alternate one ACU step and one conv step (which goes first alternates
 too), so that drift of the machine hits both; prints the medians and ACU/conv.
+
+``--compile`` adds both models compiled by ``torch.compile`` (default backend, inductor) to
+the rounds, and prints each compile's time (its first step less a timed step's median), the
+compiled ACU/conv ratio and compiled/eager per model.
 
 ``--explain`` prints the kernel plan (``acuzoo.ops.explain``) of every ACU layer for the
 step's input: name, geometry, forward and backward kernels, and why. The allocator settings
@@ -129,6 +133,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--allocator", choices=ALLOCATORS, default="glibc-keep")
     parser.add_argument("--explain", action="store_true", help="print every ACU layer's kernel plan")
+    parser.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     args = parser.parse_args()
     allocator = reexec_with_allocator(args.allocator)
 
@@ -152,8 +157,14 @@ def main() -> None:
     if args.explain:
         print_plans(models["ACU"], images)
     steps = {kind: make_step(model, images, labels) for kind, model in models.items()}
-    for step in steps.values():
-        for _ in range(args.warmup):
+    first_ms: dict[str, float] = {}
+    if args.compile:
+        for kind, name in MODELS.items():
+            compiled = torch.compile(build(name, args.spread, seed=1))
+            steps[f"{kind} compiled"] = make_step(compiled, images, labels)
+    for kind, step in steps.items():
+        first_ms[kind] = step_ms(step)
+        for _ in range(args.warmup - 1):
             step()
     times: dict[str, list[float]] = {kind: [] for kind in steps}
     for round_ in range(args.steps):
@@ -166,6 +177,14 @@ def main() -> None:
         f"median step: {MODELS['ACU']} {medians['ACU']:.1f} ms, {MODELS['conv']} {medians['conv']:.1f} ms, "
         f"ACU/conv {medians['ACU'] / medians['conv']:.3f}"
     )
+    if args.compile:
+        acu, conv = medians["ACU compiled"], medians["conv compiled"]
+        print(f"median compiled step: ACU {acu:.1f} ms, conv {conv:.1f} ms, ACU/conv {acu / conv:.3f}")
+        print(
+            f"compiled/eager: ACU {acu / medians['ACU']:.3f}, conv {conv / medians['conv']:.3f}; compile time "
+            f"(first step less the median): ACU {(first_ms['ACU compiled'] - acu) / 1e3:.1f} s, "
+            f"conv {(first_ms['conv compiled'] - conv) / 1e3:.1f} s"
+        )
     print(f"largest |position| after the run: {acu_spread(models['ACU']):.2f} px")
 
 

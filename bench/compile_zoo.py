@@ -1,0 +1,118 @@
+"""Every zoo model under torch.compile (default backend, inductor, full graph) against eager.
+
+    .venv/bin/python bench/compile_zoo.py [--models NAME ...] [--acu-only] [--size 32] [--batch 2]
+        [--variants eval-fp32-nchw train-fp32-channels_last train-bf16-nchw]
+
+Per model and variant: a fresh ``torch.compile(model, fullgraph=True)``, one forward and
+backward of ``out.square().sum()`` on random images, the same in eager, and the relative
+errors (largest |difference| over the largest |eager value|) of the output and of every
+parameter's gradient. Variants name the mode (``eval``: batch norm with running statistics,
+no dropout, so compiled and eager must agree; ``train``: it must run and stay finite, as
+dropout draws differ between inductor and eager), the dtype (``bf16``: CPU autocast) and the
+memory format. Prints one row per (model, variant) with the compile time (first compiled call
+less a second one), and last the worst eval-fp32 errors; exits 1 if any variant failed or an
+eval-fp32 row exceeds 1e-4 (output) / 1e-3 (gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VARIANTS = ("eval-fp32-nchw", "eval-fp32-channels_last", "train-fp32-channels_last", "train-bf16-nchw")
+DEFAULT_VARIANTS = ("eval-fp32-nchw", "train-fp32-channels_last", "train-bf16-nchw")
+
+
+def relative(a, b) -> float:
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def run_variant(name: str, variant: str, size: int, batch: int) -> tuple[float, float, float, bool]:
+    """(output error, worst gradient error, compile seconds, all finite) of one variant."""
+    import contextlib
+
+    import timm
+    import torch
+
+    mode, dtype, fmt = variant.split("-")
+    memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).train(mode == "train").to(memory_format=memory_format)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=memory_format)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+
+    def step(fn):
+        with autocast:
+            out = fn(x)
+            loss = out.float().square().sum()
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out.detach(), grads
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    start = time.perf_counter()
+    out, grads = step(compiled)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    step(compiled)
+    again = time.perf_counter() - start
+    ref, want = step(model)
+    finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in grads.values())
+    grad_error = max((relative(grads[n], want[n]) for n in want), default=0.0)
+    return relative(out, ref), grad_error, first - again, finite
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", help="zoo names (default: every zoo model)")
+    parser.add_argument("--acu-only", action="store_true", help="only the zoo models with ACU layers")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
+    parser.add_argument("--size", type=int, default=32, help="image side (px)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import timm
+    import torch
+
+    import acuzoo
+    from acuzoo.models import is_zoo_model
+
+    torch.set_num_threads(args.threads)
+    names = args.models or [n for n in timm.list_models() if is_zoo_model(n)]
+    if args.acu_only:
+        names = [n for n in names if "acu" in n]
+    print(f"acuzoo {Path(acuzoo.__file__).parents[1]}, torch {torch.__version__}, {args.threads} threads")
+    print(f"batch {args.batch}, {args.size} px, torch.compile(model, fullgraph=True), default backend")
+    print(f"{'model':<30}{'variant':<26}{'out err':>10}{'grad err':>10}{'compile s':>11}  result")
+    failures, worst = 0, (0.0, 0.0)
+    for name in names:
+        for variant in args.variants:
+            try:
+                out_err, grad_err, seconds, finite = run_variant(name, variant, args.size, args.batch)
+            except Exception as error:  # a row per failure, then go on: the table is the report
+                failures += 1
+                print(f"{name:<30}{variant:<26}{'-':>10}{'-':>10}{'-':>11}  FAILED: {type(error).__name__}: {error}")
+                traceback.print_exc(limit=3, file=sys.stderr)
+                continue
+            checked = variant.startswith("eval-fp32")
+            ok = finite and (not checked or (out_err < 1e-4 and grad_err < 1e-3))
+            failures += not ok
+            if checked:
+                worst = (max(worst[0], out_err), max(worst[1], grad_err))
+            result = ("ok" if ok else "FAILED") + ("" if checked else " (runs, finite)" if finite else " (not finite)")
+            print(f"{name:<30}{variant:<26}{out_err:>10.1e}{grad_err:>10.1e}{seconds:>11.1f}  {result}", flush=True)
+    print(f"worst eval-fp32 errors: output {worst[0]:.1e}, gradients {worst[1]:.1e}; failures: {failures}")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
