@@ -14,7 +14,9 @@ must agree; ``train``: it must run and stay finite, as dropout draws differ betw
 and eager), the dtype (``bf16``: CPU autocast) and the memory format. Prints one row per
 (model, variant) with the compile time (first compiled call less a second one), and last the
 worst eval-fp32 errors; exits 1 if any variant failed or an eval-fp32 row exceeds 1e-4
-(output) / 1e-3 (gradients).
+(output) / 1e-3 (gradients), unless its compiled gradients are as close to the model's
+float64 gradients as the eager float32 ones (within 10 %): a network whose float32 gradients
+are only good to 1e-3 cannot be held to 1e-3 between two float32 runs.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ def relative_max(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def run_variant(name: str, variant: str, size: int, batch: int) -> tuple[float, float, float, float, bool]:
+def run_variant(name: str, variant: str, size: int, batch: int) -> tuple:
     """(output error, worst gradient error, worst elementwise gradient error, compile seconds,
-    all finite) of one variant."""
+    all finite, float64 check) of one variant. The float64 check, for an eval-fp32 variant whose
+    gradients differ by 1e-3 or more: (compiled, eager) worst gradient error against the eager
+    model in float64, i.e. whether compiled is as accurate as eager float32 is."""
     import contextlib
+    import copy
 
     import timm
     import torch
@@ -77,7 +82,13 @@ def run_variant(name: str, variant: str, size: int, batch: int) -> tuple[float, 
     finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in grads.values())
     grad_error = max((relative(grads[n], want[n]) for n in want), default=0.0)
     grad_max = max((relative_max(grads[n], want[n]) for n in want), default=0.0)
-    return relative(out, ref), grad_error, grad_max, first - again, finite
+    float64_check = None
+    if variant.startswith("eval-fp32") and grad_error >= 1e-3:
+        model64 = copy.deepcopy(model).double()
+        model64(x.double()).square().sum().backward()
+        truth = {n: p.grad for n, p in model64.named_parameters() if p.grad is not None}
+        float64_check = tuple(max(relative(g[n].double(), truth[n]) for n in truth) for g in (grads, want))
+    return relative(out, ref), grad_error, grad_max, first - again, finite, float64_check
 
 
 def main() -> None:
@@ -107,7 +118,9 @@ def main() -> None:
     for name in names:
         for variant in args.variants:
             try:
-                out_err, grad_err, grad_max, seconds, finite = run_variant(name, variant, args.size, args.batch)
+                out_err, grad_err, grad_max, seconds, finite, float64_check = run_variant(
+                    name, variant, args.size, args.batch
+                )
             except Exception as error:  # a row per failure, then go on: the table is the report
                 failures += 1
                 dashes = "".join(f"{'-':>{width}}" for width in (10, 10, 10, 11))
@@ -115,11 +128,15 @@ def main() -> None:
                 traceback.print_exc(limit=3, file=sys.stderr)
                 continue
             checked = variant.startswith("eval-fp32")
-            ok = finite and (not checked or (out_err < 1e-4 and grad_err < 1e-3))
+            # Gradients 1e-3 apart pass where compiled float32 is as close to float64 as eager is.
+            as_accurate = float64_check is not None and float64_check[0] <= 1.1 * float64_check[1]
+            ok = finite and (not checked or (out_err < 1e-4 and (grad_err < 1e-3 or as_accurate)))
             failures += not ok
             if checked:
                 worst = (max(worst[0], out_err), max(worst[1], grad_err))
             result = ("ok" if ok else "FAILED") + ("" if checked else " (runs, finite)" if finite else " (not finite)")
+            if float64_check is not None:
+                result += f" (against float64: compiled {float64_check[0]:.1e}, eager {float64_check[1]:.1e})"
             print(
                 f"{name:<30}{variant:<26}{out_err:>10.1e}{grad_err:>10.1e}{grad_max:>10.1e}{seconds:>11.1f}  {result}",
                 flush=True,
