@@ -221,3 +221,19 @@ def test_an_unfused_acu_model_exports_and_round_trips(ext, tmp_path):
     buffer = io.BytesIO()
     torch.export.save(loaded, buffer)
     assert buffer.getbuffer().nbytes > 0
+
+
+@pytest.mark.parametrize(("groups", "sets"), [(8, 8), (2, 2), (1, 1)], ids=["depthwise", "grouped", "shared"])
+def test_the_planned_op_passes_torch_library_opcheck(ext, groups, sets):
+    gen = torch.Generator().manual_seed(0)
+    args = (
+        torch.randn(2, 8, 7, 9, generator=gen).requires_grad_(),
+        torch.randn(8, 8 // groups, 9, generator=gen).requires_grad_(),
+        ((torch.rand(sets, 9, 2, generator=gen) * 2 - 1) * 1.5).requires_grad_(),
+        torch.randn(8, generator=gen).requires_grad_(),
+        [1, 1],
+        groups,
+        "auto",
+    )
+    results = torch.library.opcheck(torch.ops.acuzoo.planned_conv2d.default, args)
+    assert set(results.values()) == {"SUCCESS"}, results
