@@ -16,6 +16,35 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def empty_in_format_of(like: torch.Tensor, shape) -> torch.Tensor:
+    """An empty tensor of ``shape`` in ``like``'s dtype, device and memory format, with exactly
+    torch.empty's strides: what a fake kernel promises and the real kernels return."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
+
+
+def empty_gradients(input, weight, positions, output_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty gradients of input, weight and positions as the backward kernels return them:
+    input's in its memory format, the others contiguous, (0,) where ``output_mask`` is False."""
+    return (
+        empty_in_format_of(input, input.shape) if output_mask[0] else input.new_empty((0,)),
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else weight.new_empty((0,)),
+        torch.empty_like(positions, memory_format=torch.contiguous_format)
+        if output_mask[2]
+        else positions.new_empty((0,)),
+    )
+
+
+def exact_layout(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``t`` with exactly the strides ``torch.empty`` gives its sizes in ``memory_format``
+    (what the fake kernels promise); copied only where they differ."""
+    if t.dim() != 4:
+        memory_format = torch.contiguous_format
+    reference = torch.empty(t.shape, device="meta", memory_format=memory_format)
+    if t.stride() == reference.stride():
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format).copy_(t)
+
+
 class _ToMemoryFormat(torch.autograd.Function):
     """``x`` in another memory format, whose gradient comes back in ``x``'s own."""
 

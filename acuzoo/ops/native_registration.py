@@ -10,33 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from .layout import memory_format_of
+from .geometry import output_size
+from .layout import empty_gradients, empty_in_format_of
 
 _registered = False
 
 
-def _out_size(size, stride):
-    return (size - 1) // stride + 1
-
-
 def _fake_forward(input, weight, positions, bias, stride, groups, forward_kernel, backward_kernel):
-    n, _, h, w = input.shape
-    shape = (n, weight.shape[0], _out_size(h, stride[0]), _out_size(w, stride[1]))
-    return input.new_empty(shape).contiguous(memory_format=memory_format_of(input))
+    return empty_in_format_of(input, (input.shape[0], weight.shape[0], *output_size(input.shape[-2:], stride)))
 
 
 def _fake_backward(grad_output, input, weight, positions, stride, groups, output_mask, kernel):
-    def grad_like(t, wanted):
-        return t.new_empty(t.shape) if wanted else t.new_empty((0,))
-
-    grad_input = grad_like(input, output_mask[0])
-    if output_mask[0]:
-        grad_input = grad_input.contiguous(memory_format=memory_format_of(input))
-    return (
-        grad_input,
-        grad_like(weight, output_mask[1]),
-        grad_like(positions, output_mask[2]),
-    )
+    return empty_gradients(input, weight, positions, output_mask)
 
 
 def register() -> None:

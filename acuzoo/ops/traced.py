@@ -13,22 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .layout import memory_format_of
-
-
-def exact_layout(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """``t`` with exactly the strides ``torch.empty`` gives its sizes in ``memory_format``
-    (what the fake kernels promise); copied only where they differ."""
-    if t.dim() != 4:
-        memory_format = torch.contiguous_format
-    reference = torch.empty(t.shape, device="meta", memory_format=memory_format)
-    if t.stride() == reference.stride():
-        return t
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=memory_format).copy_(t)
-
-
-def _empty_in_format_of(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=memory_format_of(like))
+from .geometry import output_size
+from .layout import empty_gradients, empty_in_format_of, exact_layout, memory_format_of
 
 
 @torch.library.custom_op("acuzoo::planned_conv2d", mutates_args=())
@@ -50,8 +36,7 @@ def planned_conv2d(
 
 @planned_conv2d.register_fake
 def _planned_conv2d_fake(input, weight, positions, bias, stride, groups, path):
-    n, _, h, w = input.shape
-    return _empty_in_format_of(input, (n, weight.shape[0], (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1))
+    return empty_in_format_of(input, (input.shape[0], weight.shape[0], *output_size(input.shape[-2:], stride)))
 
 
 @torch.library.custom_op("acuzoo::planned_conv2d_backward", mutates_args=())
@@ -83,13 +68,7 @@ def planned_conv2d_backward(
 
 @planned_conv2d_backward.register_fake
 def _planned_conv2d_backward_fake(grad, input, weight, positions, stride, groups, path, output_mask):
-    return (
-        _empty_in_format_of(input, input.shape) if output_mask[0] else input.new_empty((0,)),
-        torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else weight.new_empty((0,)),
-        torch.empty_like(positions, memory_format=torch.contiguous_format)
-        if output_mask[2]
-        else positions.new_empty((0,)),
-    )
+    return empty_gradients(input, weight, positions, output_mask)
 
 
 def _setup_context(ctx, inputs, output) -> None:
