@@ -1,18 +1,17 @@
 #!/usr/bin/env python
 """Publish the Fashion-MNIST checkpoints trained by ``checkpoints/train_all.sh``.
 
-For each run: take the best Lightning checkpoint of its latest version under runs/fmnist/,
-write ``checkpoints/<model>.fmnist.safetensors`` (``acuzoo convert --from-ckpt``), measure its
-accuracy on the subset the tests re-measure (the first 1,000 test images) and record, in
-``checkpoints/manifest.json``, the test accuracy on all 10,000 test images that the run measured
-(``test_after_fit``), with the commands that measure both, the config, the wall time and the license.
+For each run: take the last Lightning checkpoint of its latest version under runs/fmnist/,
+write ``checkpoints/<model>.fmnist.safetensors`` (``acuzoo convert --from-ckpt``), measure it as a
+timm user would (``timm.create_model(name, pretrained=True)``, then timm's eval transform from
+``resolve_data_config`` on each test image as a PIL grey image: ``acuzoo.hub.evaluate``) on all
+10,000 test images and on the first 1,000 (which the tests re-measure), and record in
+``checkpoints/manifest.json`` both, the Lightning run's own test and validation figures, the
+recipe, the config, the wall time and the license.
 
     python checkpoints/publish.py [run ...]
-    python checkpoints/publish.py --measure cifar_resnet29_acu.fmnist   # re-measure the first 1,000
-
-The Lightning test logs torchmetrics' class-averaged accuracy; on the test split (1,000 images per
-class) that equals plain accuracy, but on the unbalanced first 1,000 it does not, so the subset
-figure is plain accuracy measured here (and by tests/hub/test_published.py).
+    python checkpoints/publish.py --measure mobilenetv2_acu_100.fmnist   # re-measure, print
+    python checkpoints/publish.py --remeasure cifar_resnet29_acu.fmnist  # re-measure into the manifest
 """
 
 from __future__ import annotations
@@ -20,15 +19,17 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import Any
 
+import timm
 import torch
+import yaml
 from safetensors import safe_open
 
 import acuzoo  # noqa: F401  (registers the zoo)
+from acuzoo.hub.evaluate import fmnist_test_accuracy
 from acuzoo.hub.lightning_ckpt import convert_lightning_checkpoint
 from acuzoo.hub.manifest import read_manifest, sha256_file, write_entry
-from acuzoo.hub.pretrained import create_pretrained
-from acuzoo.lit.data.fashion_mnist import DEBIAN_ROOT, MEAN, STD, grey_transform, load_split
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -40,35 +41,69 @@ RUNS = {
 }
 TAG = "fmnist"
 SUBSET = 1000
-DATASET = (
-    "Fashion-MNIST (Xiao et al. 2017; Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist): "
-    "10 classes, 28x28 grey; trained on 59,500 of the 60,000 training images (500 held out for validation, "
-    "seed 0), tested on the 10,000 test images; input normalized with mean 0.2860, std 0.3530, no padding"
-)
 LICENSE = "MIT (these weights, as acuzoo; Fashion-MNIST is MIT-licensed too)"
+HARDWARE = "CPU, 2 threads, one run at a time on a 2-core machine (glibc malloc with MALLOC_MMAP_MAX_=0)"
 
 
-def subset_accuracy(model: torch.nn.Module, count: int = SUBSET) -> float:
-    """Top-1 accuracy (%) on the first ``count`` Fashion-MNIST test images."""
-    images, labels = load_split(DEBIAN_ROOT, "test")
-    transform = grey_transform(28, 1, False, 28, "pad", MEAN, STD)
-    x = torch.stack([transform(image) for image in images[:count]])
-    with torch.no_grad():
-        predicted = torch.cat([model.eval()(batch).argmax(1) for batch in x.split(250)])
-    return round(100 * (predicted == labels[:count]).float().mean().item(), 2)
+def dataset(side: int, val_size: int) -> str:
+    fit = "as they are" if side == 28 else f"resized to {side}x{side} (bilinear, as timm's eval transform)"
+    return (
+        "Fashion-MNIST (Xiao et al. 2017; Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist): "
+        f"10 classes, 28x28 grey; trained on {60000 - val_size:,} of the 60,000 training images ({val_size} held out "
+        f"for validation, seed 0), tested on the 10,000 test images; images {fit}, normalized with mean 0.2860, "
+        "std 0.3530"
+    )
+
+
+def recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The training recipe a config sets, in a few fields."""
+    model, data, trainer = config["model"], config["data"]["init_args"], config["trainer"]
+    callbacks = trainer.get("callbacks") or []
+    positions = [c["init_args"] for c in callbacks if c["class_path"].endswith("PositionLearningRate")]
+    length = f"{trainer['max_epochs']} epochs" if trainer.get("max_epochs") else f"{trainer['max_steps']} steps"
+    return {
+        "length": length,
+        "batch_size": data["batch_size"],
+        "optimizer": f"SGD momentum {model['momentum']}{' Nesterov' if model.get('nesterov') else ''}, "
+        f"lr {model['lr']}, weight decay {model['weight_decay']}"
+        f"{' (none on norms and biases)' if model.get('no_weight_decay_norm_bias') else ''}",
+        "schedule": f"{model['schedule']} by {model.get('schedule_interval', 'step')}"
+        + (" (to 0)" if model["schedule"] == "linear" else ""),
+        "label_smoothing": model.get("label_smoothing", 0.0),
+        "input": f"{model.get('input_size', 28)} px, {data.get('fit', 'pad')}",
+        "augmentation": "random crop (pad 4) + horizontal flip" if data.get("augment", True) else "none",
+        "positions": (f"lr x {positions[0].get('lr_mult', 0.01)}, normalized gradient" if positions else "n/a"),
+        "weights": "the last step's",
+    }
+
+
+def timm_user_metrics(name: str) -> dict[str, Any]:
+    """Accuracy of the published ``name`` loaded through timm, on all test images and the first SUBSET."""
+    model = timm.create_model(name, pretrained=True)
+    return {
+        "test_acc1": round(fmnist_test_accuracy(model), 2),
+        "test_images": 10000,
+        "subset_acc1": round(fmnist_test_accuracy(model, SUBSET), 2),
+        "subset": f"plain top-1 accuracy on the first {SUBSET} test images, in file order (t10k-images-idx3-ubyte)",
+        "how": "timm.create_model(name, pretrained=True); timm.data.create_transform(**resolve_data_config(model=m)) "
+        "on each test image as a PIL grey image (acuzoo.hub.evaluate.fmnist_test_accuracy)",
+    }
 
 
 def run_results(run: str) -> tuple[Path, dict[str, float], Path]:
-    """(best checkpoint, final logged metrics, version folder) of a run's latest version."""
+    """(last checkpoint, final logged metrics, version folder) of a run's latest finished version."""
     versions = sorted((ROOT / "runs" / "fmnist" / f"fmnist_{run}").glob("version_*"), key=lambda p: int(p.name[8:]))
     for version in reversed(versions):
-        best = sorted(version.glob("checkpoints/best-*.ckpt"))
-        if best:
-            metrics: dict[str, float] = {}
+        last = version / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            metrics: dict[str, float] = {"epochs": 0}
             with open(version / "metrics.csv") as f:
                 for row in csv.DictReader(f):
                     metrics.update({k: float(v) for k, v in row.items() if v})
-            return best[-1], metrics, version
+                    if row.get("train/acc1"):
+                        metrics["epochs"] = max(metrics["epochs"], int(row["epoch"]) + 1)
+            if "test/acc1" in metrics:
+                return last, metrics, version
     raise FileNotFoundError(f"no finished run fmnist_{run} under runs/fmnist (run checkpoints/train_all.sh {run})")
 
 
@@ -97,48 +132,66 @@ def wall_time(run: str) -> int | None:
 
 def publish(run: str) -> dict:
     model_name = RUNS[run]
+    name = f"{model_name}.{TAG}"
     ckpt, metrics, version = run_results(run)
-    out = HERE / f"{model_name}.{TAG}.safetensors"
+    out = HERE / f"{name}.safetensors"
     entry = convert_lightning_checkpoint(ckpt, out.with_suffix(".new"), TAG)
     entry = keep_if_unchanged(out, entry)
     write_entry(entry, HERE)  # the file's sha first: create_pretrained checks it
-    model = create_pretrained(model_name, file=out)
-    config = f"checkpoints/configs/fmnist_{run}.yaml"
-    measure = f"python train.py test --config {config} --model.model_name {model_name}.{TAG} --model.pretrained true"
-    hparams = (version / "hparams.yaml").read_text()
-    steps = int(metrics["step"])
+    config_path = f"checkpoints/configs/fmnist_{run}.yaml"
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    side = config["model"].get("input_size", 28)
     entry.update(
         model=model_name,
         tag=TAG,
         dtype="float32",
-        dataset=DATASET,
+        dataset=dataset(side, config["data"]["init_args"]["val_size"]),
         metrics={
-            "test_acc1": round(100 * metrics["test/acc1"], 2),
-            "test_images": 10000,
-            "subset_acc1": subset_accuracy(model),
-            "subset": f"plain top-1 accuracy on the first {SUBSET} test images, in file order (t10k-images-idx3-ubyte)",
-            "note": "test_acc1: the Lightning test's class-averaged accuracy, equal to plain accuracy on this "
-            "balanced split (1,000 test images per class)",
+            **timm_user_metrics(name),
+            "lightning_test_acc1": round(100 * metrics["test/acc1"], 2),
+            "lightning_note": "the Lightning run's test (class-averaged accuracy, equal to plain accuracy on this "
+            "balanced split) through the training pipeline's own transform",
             "val_acc1": round(100 * metrics["val/acc1"], 2),
         },
         measure={
-            "test": measure,
-            "subset": f"python checkpoints/publish.py --measure {model_name}.{TAG}",
+            "test": f"python checkpoints/publish.py --measure {name}",
+            "lightning_test": f"python train.py test --config {config_path} --model.model_name {name} "
+            "--model.pretrained true",
             "test_suite": "pytest tests/hub/test_published.py",
         },
         train={
-            "config": config,
-            "command": f"OMP_NUM_THREADS=1 bash checkpoints/train_all.sh {run}",
-            "steps": steps,
+            "config": config_path,
+            "command": f"bash checkpoints/train_all.sh {run}",
+            "recipe": recipe(config),
+            "epochs": int(metrics["epochs"]),
+            "steps": int(metrics["step"]),  # the global step the final test logs
             "wall_time_s": wall_time(run),
-            "hardware": "CPU, 1 thread (2 cores shared with other jobs)",
-            "hparams": hparams.strip().splitlines()[0] if hparams else "",
+            "hardware": HARDWARE,
         },
         license=LICENSE,
     )
     entry["source"] = str(ckpt.relative_to(ROOT))
-    entry.pop("hparams", None)
-    entry["train"].pop("hparams")
+    write_entry(entry, HERE)
+    return entry
+
+
+def remeasure(name: str) -> dict:
+    """Replace the timm-user figures of a published entry by a fresh measurement (weights unchanged)."""
+    published = read_manifest(HERE)[name]
+    entry = {"name": published.name, "file": published.file, "sha256": published.sha256, **published.info}
+    old = entry["metrics"]
+    fresh = timm_user_metrics(name)
+    kept = {k: v for k, v in old.items() if k not in fresh and k not in ("note",)}
+    if "lightning_test_acc1" not in kept and "note" in old:  # entries from before the timm-user figures
+        kept["lightning_test_acc1"] = old["test_acc1"]
+        kept["lightning_note"] = old["note"]
+    entry["metrics"] = {**fresh, **kept}
+    if entry["measure"]["test"].startswith("python train.py test"):
+        entry["measure"] = {**entry["measure"], "lightning_test": entry["measure"]["test"],
+                            "test": f"python checkpoints/publish.py --measure {name}"}
+        entry["measure"].pop("subset", None)
+    config = yaml.safe_load((ROOT / entry["train"]["config"]).read_text())
+    entry["train"] = {**entry["train"], "recipe": recipe(config)}
     write_entry(entry, HERE)
     return entry
 
@@ -155,25 +208,33 @@ def write_readme() -> None:
     (HERE / "README.md").write_text(
         "# Published checkpoints\n\n"
         "Generated by `python checkpoints/publish.py` from `manifest.json` (the authority: sha256, dataset, "
-        "commands, config, license per entry). Trained here on Fashion-MNIST with `checkpoints/train_all.sh` "
-        "(configs in `checkpoints/configs/`), a short CPU budget: these are working weights for trying, "
-        "fine-tuning and exporting the zoo, not paper results.\n\n"
+        "recipe, commands, config, wall time, license per entry). Trained here on Fashion-MNIST on 2 CPU cores "
+        "with `checkpoints/train_all.sh` (configs in `checkpoints/configs/`). The accuracies are a timm user's: "
+        "`timm.create_model(name, pretrained=True)` and timm's eval transform (`resolve_data_config`) on each test "
+        "image as a PIL grey image.\n\n"
         "| checkpoint | input | test acc. % (10,000) | first 1,000 % | steps | train wall s | MB | sha256 |\n"
         "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        "Load: `timm.create_model(\"cifar_resnet29_acu.fmnist\", pretrained=True)` (after `import acuzoo`); "
+        "Load: `timm.create_model(\"mobilenetv2_acu_100.fmnist\", pretrained=True)` (after `import acuzoo`); "
         "another folder: `ACUZOO_CHECKPOINTS=/path` or `checkpoint_dir=\"/path\"`.\n"
-        "Measure: the `measure` commands of each entry (`python train.py test ...`); "
+        "Measure: `python checkpoints/publish.py --measure <name>` (all 10,000 and the first 1,000, timm's way); "
         "`pytest tests/hub/test_published.py` re-measures the first 1,000 test images.\n"
     )
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--measure"]:
-        import timm
-
         for name in sys.argv[2:]:
-            print(f"{name}: {subset_accuracy(timm.create_model(name, pretrained=True))}% on the first {SUBSET}")
+            model = timm.create_model(name, pretrained=True)
+            print(f"{name}: {fmnist_test_accuracy(model):.2f}% on the 10,000 test images, "
+                  f"{fmnist_test_accuracy(model, SUBSET):.2f}% on the first {SUBSET} (timm's eval transform)")
         sys.exit()
+    if sys.argv[1:2] == ["--remeasure"]:
+        for name in sys.argv[2:]:
+            m = remeasure(name)["metrics"]
+            print(f"{name}: test {m['test_acc1']}%, first {SUBSET}: {m['subset_acc1']}%")
+        write_readme()
+        sys.exit()
+    torch.set_num_threads(2)
     for run in sys.argv[1:] or RUNS:
         e = publish(run)
         print(f"{e['name']}: test {e['metrics']['test_acc1']}%, first {SUBSET}: {e['metrics']['subset_acc1']}%, "

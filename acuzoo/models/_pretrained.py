@@ -42,13 +42,14 @@ def imagenet_cfg(first_conv: str, **kwargs: Any) -> dict[str, Any]:
     return zoo_cfg(**{**family, **kwargs})  # a tag's own fields win
 
 
-def fmnist_cfg(name: str, **kwargs: Any) -> dict[str, Any]:
-    """Pretrained-cfg fields of ``<name>.fmnist``: 10 classes, 28x28 grey images as they are (no
-    resizing or cropping), the published file ``<name>.fmnist.safetensors``."""
+def fmnist_cfg(name: str, side: int = 28, **kwargs: Any) -> dict[str, Any]:
+    """Pretrained-cfg fields of ``<name>.fmnist``: 10 classes, the 28x28 grey images resized to
+    ``side`` (timm's eval transform: resize, no cropping), the published file
+    ``<name>.fmnist.safetensors``."""
     return {
         "file": f"{name}.fmnist.safetensors",
         "num_classes": 10,
-        "input_size": (1, 28, 28),
+        "input_size": (1, side, side),
         "crop_pct": 1.0,
         "mean": FMNIST_MEAN,
         "std": FMNIST_STD,

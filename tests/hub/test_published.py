@@ -1,6 +1,7 @@
 """The published checkpoints (checkpoints/manifest.json): complete entries, intact files, small
-enough for the repository, loadable by name through timm with no network, and as accurate as the
-manifest says on the documented subset of the test split (the first 1,000 test images)."""
+enough for the repository, loadable by name through timm with no network, as accurate as the
+manifest says on the documented subset of the test split (the first 1,000 test images) when
+measured as a timm user would, and at the accuracy the zoo promises (>= 93 % on all 10,000)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import timm
-import torch
+import yaml
 
 from acuzoo.hub import read_manifest, sha256_file
+from acuzoo.hub.evaluate import fmnist_test_accuracy
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 REQUIRED = [
@@ -22,6 +24,15 @@ REQUIRED = [
 DOCUMENTATION = ("dataset", "metrics", "measure", "train", "license", "input_size", "num_classes", "in_chans")
 SUBSET = 1000
 TOLERANCE = 0.2  # accuracy points
+TARGET = 93.0  # % on the 10,000 test images, a timm user's measurement
+PAIRS = [("mobilenetv2_conv_100", "mobilenetv2_acu_100"), ("resnet29_conv3", "resnet29_acu")]
+# Strict: a checkpoint that reaches the target turns its case into a failure until the mark goes.
+BELOW_TARGET = {
+    "cifar_resnet29_conv3.fmnist": "still the 360-step run (79.1 %): retraining pending",
+    "cifar_resnet29_acu.fmnist": "still the 360-step run (78.5 %): retraining pending",
+    "mobilenetv2_conv_100.fmnist": "8 epochs at 48 px reach 91.2 %: a longer recipe is pending",
+    "mobilenetv2_acu_100.fmnist": "8 epochs at 48 px reach 91.6 %: a longer recipe is pending",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +50,37 @@ def test_each_entry_documents_data_metric_command_config_and_license(manifest, n
     assert all(info.get(field) for field in DOCUMENTATION), [f for f in DOCUMENTATION if not info.get(f)]
     assert info["metrics"]["test_images"] == 10000 and 10 < info["metrics"]["test_acc1"] <= 100
     assert f"first {SUBSET} test images" in info["metrics"]["subset"]
+    assert "resolve_data_config" in info["metrics"]["how"] and "PIL" in info["metrics"]["how"]
     assert (CHECKPOINTS.parent / info["train"]["config"]).is_file()
-    assert info["measure"]["test"].startswith("python train.py test") and name in info["measure"]["test"]
+    assert info["measure"]["test"] == f"python checkpoints/publish.py --measure {name}"
+    lightning_test = info["measure"]["lightning_test"]
+    assert lightning_test.startswith("python train.py test") and name in lightning_test
+    assert info["train"]["wall_time_s"] > 0 and info["train"]["hardware"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BELOW_TARGET[n])) if n in BELOW_TARGET else n
+     for n in REQUIRED],
+)
+def test_each_checkpoint_reaches_the_promised_accuracy_with_its_recipe_recorded(manifest, name):
+    info = manifest[name].info
+    assert info["metrics"]["test_acc1"] >= TARGET
+    assert {"length", "batch_size", "optimizer", "schedule", "augmentation", "input"} <= set(info["train"]["recipe"])
+
+
+@pytest.mark.parametrize("conv, acu", PAIRS)
+def test_each_conv_acu_pair_is_trained_with_one_recipe(conv, acu):
+    def recipe(run: str) -> dict:
+        config = yaml.safe_load((CHECKPOINTS / "configs" / f"fmnist_{run}.yaml").read_text())
+        config.pop("run_name")
+        config["model"].pop("model_name")
+        config["trainer"]["callbacks"] = [
+            c for c in config["trainer"].get("callbacks") or [] if not c["class_path"].endswith("PositionLearningRate")
+        ]
+        return config
+
+    assert recipe(conv) == recipe(acu)
 
 
 def test_every_file_is_intact_and_the_total_is_under_60_mb(manifest):
@@ -57,10 +97,10 @@ def test_the_registered_tag_points_at_the_published_file(manifest, name):
 
 
 @pytest.mark.parametrize("name", REQUIRED)
-def test_reloaded_checkpoint_reproduces_its_accuracy_on_the_test_subset(manifest, name, fmnist_test_images):
-    model = timm.create_model(name, pretrained=True).eval()
-    images, labels = fmnist_test_images(SUBSET)
-    with torch.no_grad():
-        predicted = torch.cat([model(batch).argmax(1) for batch in images.split(250)])
-    accuracy = 100 * (predicted == labels).float().mean().item()
+def test_reloaded_checkpoint_reproduces_its_accuracy_on_the_test_subset(manifest, name):
+    model = timm.create_model(name, pretrained=True)
+    try:
+        accuracy = fmnist_test_accuracy(model, SUBSET)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (scripts/setup.sh installs dataset-fashion-mnist)")
     assert abs(accuracy - manifest[name].info["metrics"]["subset_acc1"]) <= TOLERANCE
