@@ -113,3 +113,19 @@ def test_ab_keeps_the_best_of_repeated_runs() -> None:
     first, second = ab.Cell(1.0, 5.0, 2.0, "x"), ab.Cell(1.5, 4.0, 2.5, "x")
     best = first.best_with(second)
     assert (best.fwd, best.fb, best.conv_fb) == (1.0, 4.0, 2.0)
+
+
+study = load("acu_vs_conv")
+
+
+def test_the_study_interval_is_welchs_with_students_quantile() -> None:
+    d, low, high = study.difference([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])  # df 4, se sqrt(2/3)
+    assert d == 1.0
+    assert (high - low) / 2 == pytest.approx(2.776 * (2 / 3) ** 0.5, rel=1e-6)
+    assert study.difference([1.0, 1.0], [0.5, 0.5]) == (0.5, 0.5, 0.5)
+
+
+def test_students_quantile_falls_with_the_degrees_of_freedom() -> None:
+    values = [study.t975(df) for df in (1, 1.5, 2, 3.3, 4, 11, 25, 500)]
+    assert values == sorted(values, reverse=True) and values[0] == 12.706 and values[-1] == 1.96
+    assert study.t975(4) == 2.776
