@@ -30,22 +30,17 @@ import json, sys
 import timm, torch
 import acuzoo
 from acuzoo.hub import read_manifest
-from acuzoo.lit.data.fashion_mnist import DEBIAN_ROOT, MEAN, STD, grey_transform, load_split
+from acuzoo.hub.evaluate import fmnist_test_accuracy
 from acuzoo.ops import native
 
 torch.set_num_threads(1)
 names, subset = json.loads(sys.argv[1]), int(sys.argv[2])
-images, labels = load_split(DEBIAN_ROOT, "test")
-transform = grey_transform(28, 1, False, 28, "pad", MEAN, STD)
-x = torch.stack([transform(image) for image in images[:subset]])
-y = labels[:subset]
 manifest = read_manifest()
 report = {"acuzoo": acuzoo.__file__, "accuracy": {}, "manifest": {}}
 for name in names:
-    model = timm.create_model(name, pretrained=True).eval()
-    with torch.no_grad():
-        predicted = torch.cat([model(batch).argmax(1) for batch in x.split(250)])
-    report["accuracy"][name] = 100 * (predicted == y).float().mean().item()
+    # A timm user's measurement: the tag's data config, timm's eval transform, PIL grey images.
+    model = timm.create_model(name, pretrained=True)
+    report["accuracy"][name] = fmnist_test_accuracy(model, subset)
     report["manifest"][name] = manifest[name].info["metrics"]["subset_acc1"]
 report["native"] = native.library_info()
 print("REPORT " + json.dumps(report))
