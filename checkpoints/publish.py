@@ -71,10 +71,18 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
         + (" (to 0)" if model["schedule"] == "linear" else ""),
         "label_smoothing": model.get("label_smoothing", 0.0),
         "input": f"{model.get('input_size', 28)} px, {data.get('fit', 'pad')}",
-        "augmentation": "random crop (pad 4) + horizontal flip" if data.get("augment", True) else "none",
+        "augmentation": augmentation(data),
         "positions": (f"lr x {positions[0].get('lr_mult', 0.01)}, normalized gradient" if positions else "n/a"),
         "weights": "the last step's",
     }
+
+
+def augmentation(data: dict[str, Any]) -> str:
+    """The training split's augmentation, in words, from the data module's arguments."""
+    if not data.get("augment", True):
+        return "none"
+    padding = data.get("crop_padding", 4)
+    return f"random crop (pad {padding}) + horizontal flip" if padding else "horizontal flip"
 
 
 def timm_user_metrics(name: str) -> dict[str, Any]:
