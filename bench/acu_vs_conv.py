@@ -36,7 +36,7 @@ PNG = ROOT / "bench" / "acu_vs_conv.png"
 RUNS = ROOT / "runs" / "acu_vs_conv"
 COLUMNS = [
     "model", "arm", "seed", "epochs", "test_acc1", "wall_s", "commit",
-    "lightning_test_acc1", "val_acc1", "steps", "threads", "config",
+    "lightning_test_acc1", "val_acc1", "steps", "threads", "config", "recipe",
 ]
 # pair -> arm -> (model, config): the ACU and conv configs differ only in the model.
 PAIRS = {
@@ -60,6 +60,26 @@ def commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def recipe_label(config: str) -> str:
+    """What the pair's arms share, from the config as checkpoints/publish.py describes it: length,
+    input, augmentation, and a digest of the rest (optimizer, schedule, smoothing), so that runs of
+    different recipes are never pooled."""
+    import hashlib
+    import importlib.util
+    import json
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("publish", ROOT / "checkpoints" / "publish.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    with open(ROOT / config) as f:
+        described = publish.recipe(yaml.safe_load(f))
+    shared = {k: v for k, v in described.items() if k not in ("positions", "weights")}
+    digest = hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{shared['length']}, {shared['input']}, {shared['augmentation']} (#{digest})"
 
 
 def logged_metrics(version: Path) -> dict[str, float]:
@@ -99,7 +119,7 @@ def record(pair: str, arm: str, seed: int, version: Path, wall_s: float, threads
         "test_acc1": round(measure(version, model_name), 2), "wall_s": round(wall_s),
         "commit": sha, "lightning_test_acc1": round(100 * metrics["test/acc1"], 2),
         "val_acc1": round(100 * metrics["val/acc1"], 2), "steps": int(metrics["steps"]),
-        "threads": threads, "config": config,
+        "threads": threads, "config": config, "recipe": recipe_label(config),
     }
     new = not CSV.is_file()
     with open(CSV, "a", newline="") as f:
@@ -149,36 +169,44 @@ def difference(acu: list[float], conv: list[float]) -> tuple[float, float, float
     return d, d - half, d + half
 
 
-def report() -> None:
-    with open(CSV) as f:
-        rows = list(csv.DictReader(f))
-    by_pair: dict[str, dict[str, list[float]]] = {}
+def grouped(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """(pair, recipe) -> arm -> test accuracies: only runs of one recipe are compared."""
+    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
     for pair, arms in PAIRS.items():
         for arm, (model_name, _) in arms.items():
-            accs = [float(r["test_acc1"]) for r in rows if r["model"] == model_name and r["arm"] == arm]
-            if accs:
-                by_pair.setdefault(pair, {})[arm] = accs
+            for r in rows:
+                if r["model"] == model_name and r["arm"] == arm:
+                    groups.setdefault((pair, r["recipe"]), {}).setdefault(arm, []).append(float(r["test_acc1"]))
+    return groups
+
+
+def report() -> None:
+    with open(CSV) as f:
+        groups = grouped(list(csv.DictReader(f)))
     lines = []
-    for pair, arms in by_pair.items():
-        for arm, accs in arms.items():
+    for (pair, recipe), arms in groups.items():
+        lines.append(f"{pair}, {recipe}:")
+        for arm, accs in sorted(arms.items(), key=lambda kv: kv[0] != "conv"):
             std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-            lines.append(f"{pair} {arm}: {statistics.mean(accs):.2f} +- {std:.2f} % over {len(accs)} seeds "
+            lines.append(f"  {arm}: {statistics.mean(accs):.2f} +- {std:.2f} % over {len(accs)} seeds "
                          f"({', '.join(f'{a:.2f}' for a in accs)})")
         if all(len(arms.get(a, [])) > 1 for a in ("acu", "conv")):
             d, low, high = difference(arms["acu"], arms["conv"])
-            lines.append(f"{pair} ACU - conv: {d:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}] (Welch)")
+            lines.append(f"  ACU - conv: {d:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}] (Welch)")
     print("\n".join(lines))
-    plot(by_pair)
+    plot(groups)
 
 
-def plot(by_pair: dict[str, dict[str, list[float]]]) -> None:
+def plot(groups: dict[tuple[str, str], dict[str, list[float]]]) -> None:
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(by_pair), figsize=(4.2 * len(by_pair), 3.6), squeeze=False)
-    for ax, (pair, arms) in zip(axes[0], by_pair.items()):
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.0), squeeze=False)
+    for ax, ((pair, recipe), arms) in zip(axes[0], groups.items()):
         for x, arm in enumerate(("conv", "acu")):
             accs = arms.get(arm, [])
             if not accs:
@@ -187,11 +215,12 @@ def plot(by_pair: dict[str, dict[str, list[float]]]) -> None:
             ax.scatter([x] * len(accs), accs, color="grey", s=14, zorder=3)
             ax.errorbar(x + 0.12, statistics.mean(accs), yerr=std, fmt="o", color="C0" if arm == "conv" else "C3",
                         capsize=5, zorder=4)
-        title = pair
+        title = f"{pair}: " + textwrap.shorten(recipe, 60)
+        title = "\n".join(textwrap.wrap(title, 40))
         if all(len(arms.get(a, [])) > 1 for a in ("acu", "conv")):
             d, low, high = difference(arms["acu"], arms["conv"])
             title += f"\nACU - conv {d:+.2f} [{low:+.2f}, {high:+.2f}]"
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=8)
         ax.set_xticks([0, 1], ["conv", "ACU"])
         ax.set_xlim(-0.5, 1.5)
         ax.set_ylabel("Fashion-MNIST test top-1 (%)")

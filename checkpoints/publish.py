@@ -9,7 +9,7 @@ timm user would (``timm.create_model(name, pretrained=True)``, then timm's eval 
 ``checkpoints/manifest.json`` both, the Lightning run's own test and validation figures, the
 recipe, the config, the wall time and the license.
 
-    python checkpoints/publish.py [run ...]
+    python checkpoints/publish.py [run ...] [--hardware side-by-side|"how they ran"]
     python checkpoints/publish.py --measure mobilenetv2_acu_100.fmnist   # re-measure, print
     python checkpoints/publish.py --remeasure cifar_resnet29_acu.fmnist  # re-measure into the manifest
 """
@@ -43,6 +43,9 @@ TAG = "fmnist"
 SUBSET = 1000
 LICENSE = "MIT (these weights, as acuzoo; Fashion-MNIST is MIT-licensed too)"
 HARDWARE = "CPU, 2 threads, one run at a time on a 2-core machine (glibc malloc with MALLOC_MMAP_MAX_=0)"
+SIDE_BY_SIDE = (
+    "CPU, 1 thread each, the pair's two runs side by side on a 2-core machine (glibc malloc with MALLOC_MMAP_MAX_=0)"
+)
 
 
 def dataset(side: int, val_size: int) -> str:
@@ -138,7 +141,7 @@ def wall_time(run: str) -> int | None:
     return found[-1] if found else None
 
 
-def publish(run: str) -> dict:
+def publish(run: str, hardware: str = HARDWARE) -> dict:
     model_name = RUNS[run]
     name = f"{model_name}.{TAG}"
     ckpt, metrics, version = run_results(run)
@@ -174,7 +177,7 @@ def publish(run: str) -> dict:
             "epochs": int(metrics["epochs"]),
             "steps": int(metrics["step"]),  # the global step the final test logs
             "wall_time_s": wall_time(run),
-            "hardware": HARDWARE,
+            "hardware": hardware,
         },
         license=LICENSE,
     )
@@ -243,8 +246,14 @@ if __name__ == "__main__":
         write_readme()
         sys.exit()
     torch.set_num_threads(2)
-    for run in sys.argv[1:] or RUNS:
-        e = publish(run)
+    args = sys.argv[1:]
+    hardware = HARDWARE
+    if "--hardware" in args:
+        at = args.index("--hardware")
+        hardware = {"side-by-side": SIDE_BY_SIDE}.get(args[at + 1], args[at + 1])
+        del args[at : at + 2]
+    for run in args or RUNS:
+        e = publish(run, hardware)
         print(f"{e['name']}: test {e['metrics']['test_acc1']}%, first {SUBSET}: {e['metrics']['subset_acc1']}%, "
               f"{e['bytes'] / 1e6:.1f} MB, sha256 {e['sha256'][:12]}")
     write_readme()

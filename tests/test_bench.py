@@ -129,3 +129,21 @@ def test_students_quantile_falls_with_the_degrees_of_freedom() -> None:
     values = [study.t975(df) for df in (1, 1.5, 2, 3.3, 4, 11, 25, 500)]
     assert values == sorted(values, reverse=True) and values[0] == 12.706 and values[-1] == 1.96
     assert study.t975(4) == 2.776
+
+
+def test_the_study_never_pools_runs_of_different_recipes() -> None:
+    def row(arm: str, acc: float, recipe: str) -> dict[str, str]:
+        return {"model": f"mobilenetv2_{arm}_100", "arm": arm, "test_acc1": str(acc), "recipe": recipe}
+
+    rows = [row("conv", 91.0, "a"), row("acu", 91.5, "a"), row("conv", 93.0, "b"), row("conv", 93.2, "b")]
+    assert study.grouped(rows) == {
+        ("mobilenetv2", "a"): {"conv": [91.0], "acu": [91.5]},
+        ("mobilenetv2", "b"): {"conv": [93.0, 93.2]},
+    }
+
+
+def test_the_studys_recipe_label_is_shared_by_the_arms_and_names_the_augmentation() -> None:
+    for arms in study.PAIRS.values():
+        labels = {study.recipe_label(config) for _, config in arms.values()}
+        assert len(labels) == 1
+        assert "flip" in labels.pop()

@@ -81,6 +81,29 @@ def test_fashion_mnist_is_resized_when_the_model_wants_a_smaller_input(tmp_path)
     assert dm.test_set[0][0].shape == (1, 16, 16)
 
 
+@pytest.mark.parametrize("crop_padding", [0, 4])
+def test_fashion_mnist_training_images_are_flipped_and_shifted_only_with_a_crop_padding(tmp_path, crop_padding):
+    dm = FashionMNISTData(root=str(tiny_fashion_root(tmp_path)), val_size=0, crop_padding=crop_padding)
+    attach_model_input(dm, (1, 28, 28))
+    dm.setup("fit")
+    plain = FashionMNISTData(root=str(tiny_fashion_root(tmp_path / "plain")), val_size=0, augment=False)
+    attach_model_input(plain, (1, 28, 28))
+    plain.setup("fit")
+    torch.manual_seed(0)
+    kinds = set()
+    for i in range(len(dm.train_set)):
+        for _ in range(8):
+            image, reference = dm.train_set[i][0], plain.train_set[i][0]
+            kinds.add("same" if torch.equal(image, reference) else "mirror" if torch.equal(image, reference.flip(-1))
+                      else "shifted")
+    assert kinds == ({"same", "mirror"} if crop_padding == 0 else {"same", "mirror", "shifted"})
+
+
+def test_fashion_mnist_refuses_a_negative_crop_padding():
+    with pytest.raises(ValueError, match="crop_padding must be >= 0"):
+        FashionMNISTData(crop_padding=-2)
+
+
 def test_fashion_mnist_missing_root_names_the_path_and_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"(?s)nowhere.*FashionMNIST/raw"):
         FashionMNISTData(root=str(tmp_path / "nowhere")).setup("fit")
