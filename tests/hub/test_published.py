@@ -69,6 +69,18 @@ def test_each_checkpoint_reaches_the_promised_accuracy_with_its_recipe_recorded(
     assert {"length", "batch_size", "optimizer", "schedule", "augmentation", "input"} <= set(info["train"]["recipe"])
 
 
+@pytest.mark.parametrize("name", REQUIRED)
+def test_each_tag_feeds_timm_users_the_input_size_its_weights_were_trained_at(manifest, name):
+    from PIL import Image
+
+    from acuzoo.hub.evaluate import timm_eval_transform
+
+    config = yaml.safe_load((CHECKPOINTS.parent / manifest[name].info["train"]["config"]).read_text())
+    side = config["model"]["input_size"]
+    model = timm.create_model(name, num_classes=10, in_chans=1)
+    assert timm_eval_transform(model)(Image.new("L", (28, 28))).shape == (1, side, side)
+
+
 @pytest.mark.parametrize("conv, acu", PAIRS)
 def test_each_conv_acu_pair_is_trained_with_one_recipe(conv, acu):
     def recipe(run: str) -> dict:
