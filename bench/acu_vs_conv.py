@@ -205,7 +205,8 @@ def plot(groups: dict[tuple[str, str], dict[str, list[float]]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.0), squeeze=False)
+    # One y scale for all recipes, so that a recipe's effect and an arm's read alike.
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.0), squeeze=False, sharey=True)
     for ax, ((pair, recipe), arms) in zip(axes[0], groups.items()):
         for x, arm in enumerate(("conv", "acu")):
             accs = arms.get(arm, [])
@@ -215,7 +216,7 @@ def plot(groups: dict[tuple[str, str], dict[str, list[float]]]) -> None:
             ax.scatter([x] * len(accs), accs, color="grey", s=14, zorder=3)
             ax.errorbar(x + 0.12, statistics.mean(accs), yerr=std, fmt="o", color="C0" if arm == "conv" else "C3",
                         capsize=5, zorder=4)
-        title = f"{pair}: " + textwrap.shorten(recipe, 60)
+        title = f"{pair}: " + textwrap.shorten(recipe, 100)
         title = "\n".join(textwrap.wrap(title, 40))
         if all(len(arms.get(a, [])) > 1 for a in ("acu", "conv")):
             d, low, high = difference(arms["acu"], arms["conv"])

@@ -6,7 +6,11 @@
 # and the manifest entries, measured as a timm user would.
 #   bash checkpoints/train_all.sh [run ...]     # default: all four, one after the other
 # One run at a time on the 2-core machine, 2 threads, with bench/ops.py's allocator settings (without
-# them a third of the CPU time went to the kernel, mapping and unmapping large buffers).
+# them a third of the CPU time went to the kernel, mapping and unmapping large buffers). The MobileNetV2
+# pair was trained side by side instead, one thread each (both arms finish together; the manifest's
+# "hardware" says which):
+#   OMP_NUM_THREADS=1 bash checkpoints/train_all.sh mobilenetv2_conv_100 &
+#   OMP_NUM_THREADS=1 bash checkpoints/train_all.sh mobilenetv2_acu_100; wait
 # Each run appends "<run> <seconds>" to runs/fmnist_wall_times.txt (fit, validation, the full test).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -142,8 +142,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 _PUBLISHED = ("mobilenetv2_conv_100", "mobilenetv2_acu_100")  # checkpoints/manifest.json
 default_cfgs = generate_default_cfgs(
     # Published checkpoints first; '*' keeps in1k the default tag (timm prefers one with weights).
-    # Fashion-MNIST at 48 px: at 28 the last stages see 1x1 maps (checkpoints/configs/fmnist_mobilenetv2_*).
-    {f"{n}.fmnist": _cfg(**fmnist_cfg(n, side=48), pool_size=(2, 2)) for n in _PUBLISHED}
+    # Fashion-MNIST at 64 px: at 28 the last stages see 1x1 maps (checkpoints/configs/fmnist_mobilenetv2_*).
+    {f"{n}.fmnist": _cfg(**fmnist_cfg(n, side=64), pool_size=(2, 2)) for n in _PUBLISHED}
     | {f"mobilenetv2_{kind}_{w}.in1k*": _cfg() for kind in ("acu", "conv") for w in WIDTHS}
 )
 
