@@ -62,10 +62,10 @@ def commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def recipe_label(config: str) -> str:
-    """What the pair's arms share, from the config as checkpoints/publish.py describes it: length,
-    input, augmentation, and a digest of the rest (optimizer, schedule, smoothing), so that runs of
-    different recipes are never pooled."""
+def recipe_label(config: str | Path) -> str:
+    """What the pair's arms share, from a config (path relative to the repository or absolute) as
+    checkpoints/publish.py describes it: length, input, augmentation, and a digest of the rest
+    (optimizer, schedule, smoothing), so that runs of different recipes are never pooled."""
     import hashlib
     import importlib.util
     import json
@@ -119,7 +119,9 @@ def record(pair: str, arm: str, seed: int, version: Path, wall_s: float, threads
         "test_acc1": round(measure(version, model_name), 2), "wall_s": round(wall_s),
         "commit": sha, "lightning_test_acc1": round(100 * metrics["test/acc1"], 2),
         "val_acc1": round(100 * metrics["val/acc1"], 2), "steps": int(metrics["steps"]),
-        "threads": threads, "config": config, "recipe": recipe_label(config),
+        # The run's own saved config (LightningCLI's, command-line overrides included) says its recipe.
+        "threads": threads, "config": config,
+        "recipe": recipe_label(version / "config.yaml" if (version / "config.yaml").is_file() else config),
     }
     new = not CSV.is_file()
     with open(CSV, "a", newline="") as f:
