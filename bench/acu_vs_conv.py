@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import os
 import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,21 +64,28 @@ def commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+@functools.cache
+def publisher() -> types.ModuleType:
+    """checkpoints/publish.py (a script, not a package module), loaded once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish", ROOT / "checkpoints" / "publish.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def recipe_label(config: str | Path) -> str:
     """What the pair's arms share, from a config (path relative to the repository or absolute) as
     checkpoints/publish.py describes it: length, input, augmentation, and a digest of the rest
     (optimizer, schedule, smoothing), so that runs of different recipes are never pooled."""
     import hashlib
-    import importlib.util
     import json
 
     import yaml
 
-    spec = importlib.util.spec_from_file_location("publish", ROOT / "checkpoints" / "publish.py")
-    publish = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(publish)
     with open(ROOT / config) as f:
-        described = publish.recipe(yaml.safe_load(f))
+        described = publisher().recipe(yaml.safe_load(f))
     shared = {k: v for k, v in described.items() if k not in ("positions", "weights")}
     digest = hashlib.sha1(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:6]
     return f"{shared['length']}, {shared['input']}, {shared['augmentation']} (#{digest})"
