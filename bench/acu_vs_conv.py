@@ -180,6 +180,15 @@ def difference(acu: list[float], conv: list[float]) -> tuple[float, float, float
     return d, d - half, d + half
 
 
+def verdict(low: float, high: float) -> str:
+    """What a 95 % interval of ACU - conv says, in words."""
+    if low > 0:
+        return "the ACU is ahead (the interval excludes 0)"
+    if high < 0:
+        return "the conv is ahead (the interval excludes 0)"
+    return "no difference shown at this many seeds (the interval includes 0)"
+
+
 def grouped(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[str, list[float]]]:
     """(pair, recipe) -> arm -> test accuracies: only runs of one recipe are compared."""
     groups: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -198,12 +207,16 @@ def report() -> None:
     for (pair, recipe), arms in groups.items():
         lines.append(f"{pair}, {recipe}:")
         for arm, accs in sorted(arms.items(), key=lambda kv: kv[0] != "conv"):
-            std = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-            lines.append(f"  {arm}: {statistics.mean(accs):.2f} +- {std:.2f} % over {len(accs)} seeds "
-                         f"({', '.join(f'{a:.2f}' for a in accs)})")
+            if len(accs) > 1:
+                runs = ", ".join(f"{a:.2f}" for a in accs)
+                spread = f"+- {statistics.stdev(accs):.2f} % over {len(accs)} seeds ({runs})"
+            else:
+                spread = "% (1 seed, no spread)"
+            lines.append(f"  {arm}: {statistics.mean(accs):.2f} {spread}")
         if all(len(arms.get(a, [])) > 1 for a in ("acu", "conv")):
             d, low, high = difference(arms["acu"], arms["conv"])
-            lines.append(f"  ACU - conv: {d:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}] (Welch)")
+            lines.append(f"  ACU - conv: {d:+.2f} points, 95 % CI [{low:+.2f}, {high:+.2f}] (Welch): "
+                         f"{verdict(low, high)}")
     print("\n".join(lines))
     plot(groups)
 

@@ -131,6 +131,13 @@ def test_students_quantile_falls_with_the_degrees_of_freedom() -> None:
     assert study.t975(4) == 2.776
 
 
+def test_the_studys_verdict_follows_the_interval_not_the_mean() -> None:
+    assert study.verdict(0.1, 0.9).startswith("the ACU is ahead")
+    assert study.verdict(-0.9, -0.1).startswith("the conv is ahead")
+    for low, high in ((-0.1, 0.9), (-0.9, 0.1), (0.0, 0.5)):
+        assert study.verdict(low, high).startswith("no difference")
+
+
 def test_the_study_never_pools_runs_of_different_recipes() -> None:
     def row(arm: str, acc: float, recipe: str) -> dict[str, str]:
         return {"model": f"mobilenetv2_{arm}_100", "arm": arm, "test_acc1": str(acc), "recipe": recipe}
