@@ -118,6 +118,21 @@ def run_results(run: str) -> tuple[Path, dict[str, float], Path]:
     raise FileNotFoundError(f"no finished run fmnist_{run} under runs/fmnist (run checkpoints/train_all.sh {run})")
 
 
+def check_trained_as_committed(saved: dict[str, Any], committed: dict[str, Any], version: Path) -> None:
+    """Refuse a run whose own saved config (command-line overrides included) trained another model
+    or recipe than the committed config that the manifest will name."""
+    differences = [
+        f"{key}: run {value!r}, committed {recipe(committed).get(key)!r}"
+        for key, value in recipe(saved).items()
+        if value != recipe(committed).get(key)
+    ]
+    trained, named = saved["model"]["model_name"], committed["model"]["model_name"]
+    if trained != named:
+        differences.insert(0, f"model: run {trained!r}, committed {named!r}")
+    if differences:
+        raise ValueError(f"{version} was not trained with the committed config: " + "; ".join(differences))
+
+
 def keep_if_unchanged(out: Path, entry: dict) -> dict:
     """Move the new file into place unless ``out`` already holds the same tensors and metadata
     (safetensors orders metadata arbitrarily, so bytes and sha256 would change for nothing)."""
@@ -151,6 +166,7 @@ def publish(run: str, hardware: str = HARDWARE) -> dict:
     write_entry(entry, HERE)  # the file's sha first: create_pretrained checks it
     config_path = f"checkpoints/configs/fmnist_{run}.yaml"
     config = yaml.safe_load((ROOT / config_path).read_text())
+    check_trained_as_committed(yaml.safe_load((version / "config.yaml").read_text()), config, version)
     side = config["model"].get("input_size", 28)
     entry.update(
         model=model_name,

@@ -1,0 +1,58 @@
+"""checkpoints/publish.py refuses to publish a run under a config it was not trained with: the
+manifest names the committed config as the recipe, so the run's own saved config must agree."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def publish():
+    spec = importlib.util.spec_from_file_location("publish_script", CHECKPOINTS / "publish.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def committed() -> dict:
+    return yaml.safe_load((CHECKPOINTS / "configs" / "fmnist_mobilenetv2_acu_100.yaml").read_text())
+
+
+def test_a_run_of_the_committed_recipe_passes_whatever_its_name_folder_or_seed(publish, committed) -> None:
+    saved = copy.deepcopy(committed)
+    saved.update(seed_everything=3, run_name="elsewhere")
+    saved["trainer"]["default_root_dir"] = "/tmp/runs"
+    publish.check_trained_as_committed(saved, committed, Path("version_0"))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "named"),
+    [
+        ("model", "weight_decay", 1.0e-4, "optimizer"),
+        ("model", "input_size", 48, "input"),
+        ("trainer", "max_epochs", 8, "length"),
+        ("model", "model_name", "mobilenetv2_conv_100", "model"),
+    ],
+)
+def test_a_run_trained_otherwise_is_refused_naming_the_difference(
+    publish, committed, section, key, value, named
+) -> None:
+    saved = copy.deepcopy(committed)
+    saved[section][key] = value
+    with pytest.raises(ValueError, match=f"not trained with the committed config: {named}: run"):
+        publish.check_trained_as_committed(saved, committed, Path("version_0"))
+
+
+def test_a_run_with_other_augmentation_is_refused(publish, committed) -> None:
+    saved = copy.deepcopy(committed)
+    saved["data"]["init_args"]["crop_padding"] = 4
+    with pytest.raises(ValueError, match="augmentation: run 'random crop"):
+        publish.check_trained_as_committed(saved, committed, Path("version_0"))
