@@ -56,3 +56,22 @@ def test_a_run_with_other_augmentation_is_refused(publish, committed) -> None:
     saved["data"]["init_args"]["crop_padding"] = 4
     with pytest.raises(ValueError, match="augmentation: run 'random crop"):
         publish.check_trained_as_committed(saved, committed, Path("version_0"))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ((), None),
+        (("best-epoch009-step4530.ckpt", "last.ckpt"), None),
+        (("best-epoch007-step3624.ckpt", "last.ckpt"), "best-epoch007-step3624.ckpt"),
+    ],
+)
+def test_the_runs_own_test_figure_is_kept_only_for_the_last_weights(publish, tmp_path, files, expected) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    for name in files:
+        (tmp_path / "checkpoints" / name).touch()
+    assert publish.lightning_test_checkpoint(tmp_path, 4530) == expected
+    figures = publish.lightning_test(tmp_path, {"step": 4530, "test/acc1": 0.9246})
+    assert ("lightning_test_acc1" in figures) == (expected is None)
+    if expected is not None:
+        assert expected in figures["lightning_note"]
