@@ -59,7 +59,9 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+    # The study's own outputs (a row appended by the previous run) do not make the code dirty.
+    outputs = [f":!{p.relative_to(ROOT)}" for p in (CSV, PNG)]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs], cwd=ROOT,
                            capture_output=True, text=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 

@@ -154,3 +154,26 @@ def test_the_studys_recipe_label_is_shared_by_the_arms_and_names_the_augmentatio
         labels = {study.recipe_label(config) for _, config in arms.values()}
         assert len(labels) == 1
         assert "flip" in labels.pop()
+
+
+def test_the_studys_own_outputs_do_not_mark_its_commit_dirty(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench").mkdir()
+    csv_file, code = tmp_path / "bench" / "acu_vs_conv.csv", tmp_path / "train.py"
+    csv_file.write_text("model\n")
+    code.write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "start")
+    monkeypatch.setattr(study, "ROOT", tmp_path)
+    monkeypatch.setattr(study, "CSV", csv_file)
+    monkeypatch.setattr(study, "PNG", tmp_path / "bench" / "acu_vs_conv.png")
+    csv_file.write_text("model\nrow\n")
+    assert not study.commit().endswith("+dirty")
+    code.write_text("x = 2\n")
+    assert study.commit().endswith("+dirty")
