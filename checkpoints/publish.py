@@ -143,10 +143,11 @@ def lightning_test(version: Path, metrics: dict[str, float]) -> dict[str, Any]:
 def check_trained_as_committed(saved: dict[str, Any], committed: dict[str, Any], version: Path) -> None:
     """Refuse a run whose own saved config (command-line overrides included) trained another model
     or recipe than the committed config that the manifest will name."""
+    expected = recipe(committed)
     differences = [
-        f"{key}: run {value!r}, committed {recipe(committed).get(key)!r}"
+        f"{key}: run {value!r}, committed {expected.get(key)!r}"
         for key, value in recipe(saved).items()
-        if value != recipe(committed).get(key)
+        if value != expected.get(key)
     ]
     trained, named = saved["model"]["model_name"], committed["model"]["model_name"]
     if trained != named:
