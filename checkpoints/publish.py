@@ -16,9 +16,9 @@ recipe, the config, the wall time and the license.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -269,28 +269,47 @@ def write_readme() -> None:
     )
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--measure"]:
-        for name in sys.argv[2:]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--measure", nargs="+", metavar="MODEL.TAG", help="measure published checkpoints, print")
+    action.add_argument("--remeasure", nargs="+", metavar="MODEL.TAG",
+                        help="measure published checkpoints again into the manifest (weights unchanged)")
+    parser.add_argument("runs", nargs="*", metavar="run",
+                        help=f"runs to publish, of {', '.join(RUNS)} (default: all)")
+    parser.add_argument("--hardware", default=HARDWARE,
+                        help="how the runs ran, for the manifest; 'side-by-side' for the pair's two runs at once")
+    args = parser.parse_args(argv)
+    unknown = [run for run in args.runs if run not in RUNS]
+    if unknown:
+        parser.error(f"unknown run {', '.join(unknown)}: expected some of {', '.join(RUNS)}")
+    if (args.measure or args.remeasure) and args.runs:
+        parser.error("--measure/--remeasure take checkpoint names, not runs")
+    args.hardware = {"side-by-side": SIDE_BY_SIDE}.get(args.hardware, args.hardware)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.measure:
+        for name in args.measure:
             model = timm.create_model(name, pretrained=True)
             print(f"{name}: {fmnist_test_accuracy(model):.2f}% on the 10,000 test images, "
                   f"{fmnist_test_accuracy(model, SUBSET):.2f}% on the first {SUBSET} (timm's eval transform)")
-        sys.exit()
-    if sys.argv[1:2] == ["--remeasure"]:
-        for name in sys.argv[2:]:
+        return
+    if args.remeasure:
+        for name in args.remeasure:
             m = remeasure(name)["metrics"]
             print(f"{name}: test {m['test_acc1']}%, first {SUBSET}: {m['subset_acc1']}%")
         write_readme()
-        sys.exit()
+        return
     torch.set_num_threads(2)
-    args = sys.argv[1:]
-    hardware = HARDWARE
-    if "--hardware" in args:
-        at = args.index("--hardware")
-        hardware = {"side-by-side": SIDE_BY_SIDE}.get(args[at + 1], args[at + 1])
-        del args[at : at + 2]
-    for run in args or RUNS:
-        e = publish(run, hardware)
+    for run in args.runs or RUNS:
+        e = publish(run, args.hardware)
         print(f"{e['name']}: test {e['metrics']['test_acc1']}%, first {SUBSET}: {e['metrics']['subset_acc1']}%, "
               f"{e['bytes'] / 1e6:.1f} MB, sha256 {e['sha256'][:12]}")
     write_readme()
+
+
+if __name__ == "__main__":
+    main()

@@ -75,3 +75,18 @@ def test_the_runs_own_test_figure_is_kept_only_for_the_last_weights(publish, tmp
     assert ("lightning_test_acc1" in figures) == (expected is None)
     if expected is not None:
         assert expected in figures["lightning_note"]
+
+
+def test_the_command_line_refuses_an_unknown_run_before_writing_anything(publish, capsys) -> None:
+    with pytest.raises(SystemExit):
+        publish.parse_args(["resnet29"])
+    assert "unknown run resnet29" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        publish.parse_args(["--measure", "cifar_resnet29_acu.fmnist", "--remeasure", "cifar_resnet29_acu.fmnist"])
+
+
+def test_the_command_line_names_runs_and_how_they_ran(publish) -> None:
+    assert publish.parse_args([]).runs == [] and publish.parse_args([]).hardware == publish.HARDWARE
+    args = publish.parse_args(["resnet29_conv3", "resnet29_acu", "--hardware", "side-by-side"])
+    assert args.runs == ["resnet29_conv3", "resnet29_acu"] and args.hardware == publish.SIDE_BY_SIDE
+    assert publish.parse_args(["--measure", "a.fmnist", "b.fmnist"]).measure == ["a.fmnist", "b.fmnist"]
