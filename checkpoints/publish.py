@@ -74,11 +74,16 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
         "schedule": f"{model['schedule']} by {model.get('schedule_interval', 'step')}"
         + (" (to 0)" if model["schedule"] == "linear" else ""),
         "label_smoothing": model.get("label_smoothing", 0.0),
-        "input": f"{model.get('input_size', 28)} px, {data.get('fit', 'pad')}",
+        "input": input_handling(model.get("input_size", 28), data.get("fit", "pad")),
         "augmentation": augmentation(data),
         "positions": (f"lr x {positions[0].get('lr_mult', 0.01)}, normalized gradient" if positions else "n/a"),
         "weights": "the last step's",
     }
+
+
+def input_handling(side: int, fit: str) -> str:
+    """How the 28x28 images become the model's input, in words (``fit`` only acts on a larger input)."""
+    return f"{side} px, as they are" if side == 28 else f"{side} px, {fit}"
 
 
 def augmentation(data: dict[str, Any]) -> str:

@@ -90,3 +90,10 @@ def test_the_command_line_names_runs_and_how_they_ran(publish) -> None:
     args = publish.parse_args(["resnet29_conv3", "resnet29_acu", "--hardware", "side-by-side"])
     assert args.runs == ["resnet29_conv3", "resnet29_acu"] and args.hardware == publish.SIDE_BY_SIDE
     assert publish.parse_args(["--measure", "a.fmnist", "b.fmnist"]).measure == ["a.fmnist", "b.fmnist"]
+
+
+def test_the_recipe_says_28_px_images_are_used_as_they_are(publish, committed) -> None:
+    native = copy.deepcopy(committed)
+    native["model"]["input_size"] = 28
+    assert publish.recipe(native)["input"] == "28 px, as they are"
+    assert publish.recipe(committed)["input"] == "64 px, resize"
