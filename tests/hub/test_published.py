@@ -27,10 +27,7 @@ TOLERANCE = 0.2  # accuracy points
 TARGET = 93.0  # % on the 10,000 test images, a timm user's measurement
 PAIRS = [("mobilenetv2_conv_100", "mobilenetv2_acu_100"), ("resnet29_conv3", "resnet29_acu")]
 # Strict: a checkpoint that reaches the target turns its case into a failure until the mark goes.
-BELOW_TARGET = {
-    "cifar_resnet29_conv3.fmnist": "still the 360-step run (79.1 %): retraining pending",
-    "cifar_resnet29_acu.fmnist": "still the 360-step run (78.5 %): retraining pending",
-}
+BELOW_TARGET: dict[str, str] = {}  # name -> why a required checkpoint misses the target (none now)
 
 
 @pytest.fixture(scope="module")
