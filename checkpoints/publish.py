@@ -42,6 +42,7 @@ RUNS = {
 }
 TAG = "fmnist"
 SUBSET = 1000
+NATIVE_SIDE = 28  # Fashion-MNIST images are 28x28: a model of this input size sees them as they are
 LICENSE = "MIT (these weights, as acuzoo; Fashion-MNIST is MIT-licensed too)"
 HARDWARE = "CPU, 2 threads, one run at a time on a 2-core machine (glibc malloc with MALLOC_MMAP_MAX_=0)"
 SIDE_BY_SIDE = (
@@ -50,7 +51,7 @@ SIDE_BY_SIDE = (
 
 
 def dataset(side: int, val_size: int) -> str:
-    fit = "as they are" if side == 28 else f"resized to {side}x{side} (bilinear, as timm's eval transform)"
+    fit = "as they are" if side == NATIVE_SIDE else f"resized to {side}x{side} (bilinear, as timm's eval transform)"
     return (
         "Fashion-MNIST (Xiao et al. 2017; Debian's dataset-fashion-mnist, /usr/share/datasets/fashion-mnist): "
         f"10 classes, 28x28 grey; trained on {60000 - val_size:,} of the 60,000 training images ({val_size} held out "
@@ -74,7 +75,7 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
         "schedule": f"{model['schedule']} by {model.get('schedule_interval', 'step')}"
         + (" (to 0)" if model["schedule"] == "linear" else ""),
         "label_smoothing": model.get("label_smoothing", 0.0),
-        "input": input_handling(model.get("input_size", 28), data.get("fit", "pad")),
+        "input": input_handling(model.get("input_size", NATIVE_SIDE), data.get("fit", "pad")),
         "augmentation": augmentation(data),
         "positions": (f"lr x {positions[0].get('lr_mult', 0.01)}, normalized gradient" if positions else "n/a"),
         "weights": "the last step's",
@@ -83,7 +84,7 @@ def recipe(config: dict[str, Any]) -> dict[str, Any]:
 
 def input_handling(side: int, fit: str) -> str:
     """How the 28x28 images become the model's input, in words (``fit`` only acts on a larger input)."""
-    return f"{side} px, as they are" if side == 28 else f"{side} px, {fit}"
+    return f"{side} px, as they are" if side == NATIVE_SIDE else f"{side} px, {fit}"
 
 
 def augmentation(data: dict[str, Any]) -> str:
@@ -195,7 +196,7 @@ def publish(run: str, hardware: str = HARDWARE) -> dict:
     config_path = f"checkpoints/configs/fmnist_{run}.yaml"
     config = yaml.safe_load((ROOT / config_path).read_text())
     check_trained_as_committed(yaml.safe_load((version / "config.yaml").read_text()), config, version)
-    side = config["model"].get("input_size", 28)
+    side = config["model"].get("input_size", NATIVE_SIDE)
     entry.update(
         model=model_name,
         tag=TAG,
